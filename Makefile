@@ -1,0 +1,37 @@
+# satlab: `make demo` runs the main job, `make test` runs the test suite. Both create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCHATTACKS := torchattacks==3.5.1
+
+.PHONY: demo test install install-dev bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# The stamps re-run pip only when pyproject.toml changes.
+$(VENV)/.stamp-install: pyproject.toml | $(PY)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps $(TORCHATTACKS)
+	touch $@ $(VENV)/.stamp-install
+
+install: $(VENV)/.stamp-install
+install-dev: $(VENV)/.stamp-dev
+
+demo: install
+	$(VENV)/bin/satlab $(ARGS)
+
+test: install-dev
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install-dev
+	$(PY) experiments/benchmarks/engine_bench.py $(ARGS)
+
+clean:
+	rm -rf outputs multirun wandb .pytest_cache

@@ -1,0 +1,98 @@
+"""Model specs: what a model set says about each model (timm name, weights, family, architecture components).
+
+A model set config lists the models to run under `models` (plain names, so `model_set.models=[a,b]` works on
+the command line) and describes known models under `catalog`. A name missing from the catalog is taken as a
+timm model name with the model set's defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from satlab.utils import SatlabError
+
+# The paper's 13 architecture components, in the column order of its released table.
+COMPONENTS: tuple[str, ...] = (
+    "base_architecture",
+    "hierarchical_structure",
+    "stem_layer",
+    "input_resolution",
+    "normalization",
+    "activation",
+    "pooling_stem",
+    "pooling_final",
+    "sa_2d",
+    "cw_attention",
+    "cw_attention_location",
+    "dw_conv",
+    "group_conv",
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a model set. `name` is the id users see; `timm_name` is what timm builds."""
+
+    name: str
+    timm_name: str
+    family: str = "unknown"
+    pretrained: bool = False
+    checkpoint_path: str | None = None
+    model_args: Mapping[str, Any] = field(default_factory=dict)
+    components: Mapping[str, str] = field(default_factory=dict)
+    train_seed: int | None = None  # set for models of a zoo trained by satlab
+    note: str = ""
+
+
+def _plain(obj: Any) -> Any:
+    """OmegaConf containers -> plain Python (without importing omegaconf here)."""
+    if hasattr(obj, "items"):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "ListConfig":
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def model_specs(model_set: Mapping[str, Any]) -> list[ModelSpec]:
+    """Resolve the `models` list of a model set config against its `catalog` into specs.
+
+    Raises SatlabError for an empty or one-model set, duplicate names, or an unknown component key.
+    """
+    model_set = _plain(model_set)
+    names = model_set.get("models") or []
+    if isinstance(names, str):
+        names = [names]
+    if len(names) < 2:
+        raise SatlabError(
+            f"model set '{model_set.get('name', '?')}' has {len(names)} model(s); SAT compares pairs, "
+            "so list at least 2 under model_set.models=[a,b,...]"
+        )
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SatlabError(f"model_set.models lists {', '.join(dupes)} more than once; list each model once")
+    catalog = model_set.get("catalog") or {}
+    specs = []
+    for name in names:
+        entry = dict(catalog.get(name) or {})
+        components = {k: str(v) for k, v in (entry.pop("components", None) or {}).items()}
+        unknown = set(components) - set(COMPONENTS)
+        if unknown:
+            raise SatlabError(f"model '{name}': unknown component(s) {sorted(unknown)}; known: {list(COMPONENTS)}")
+        family = entry.pop("family", None) or components.get("base_architecture", "unknown")
+        specs.append(
+            ModelSpec(
+                name=str(name),
+                timm_name=str(entry.pop("timm_name", name)),
+                family=str(family),
+                pretrained=bool(entry.pop("pretrained", model_set.get("pretrained", False))),
+                checkpoint_path=entry.pop("checkpoint_path", None),
+                model_args=dict(entry.pop("model_args", None) or {}),
+                components=components,
+                train_seed=entry.pop("train_seed", None),
+                note=str(entry.pop("note", "")),
+            )
+        )
+        if entry:
+            raise SatlabError(f"model '{name}': unknown catalog field(s) {sorted(entry)}")
+    return specs

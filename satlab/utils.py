@@ -1,0 +1,61 @@
+"""Small helpers shared by every stage: the user-facing error, stable hashing and atomic file writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class SatlabError(Exception):
+    """A problem with the user's input. The CLI prints its message as one line and exits with status 2."""
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hex digest of a JSON-serialisable object, independent of dict order and of the Python process."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def file_hash(path: str | os.PathLike, length: int = 16) -> str:
+    """Hex digest of a file's bytes (read in chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; it replaces `path` only if the block finishes without error.
+
+    A crash or an exception therefore never leaves a half-written result file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write a JSON file atomically (sorted keys, indented)."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
