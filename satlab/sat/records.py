@@ -1,0 +1,127 @@
+"""The files that are the contracts between stages: `records.npz` and matrices in the paper's CSV format.
+
+`records.npz`: `models` [N] str, `sample_ids` [S] int, `labels` [S] int, `correct` [N,S] bool,
+`fooled` [N,N,S] bool (source, target, sample). Matrix CSV: header row and first column are model names
+(the format of the paper's released `SAT_release.csv`). Every write is atomic.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from satlab.utils import SatlabError, atomic_path
+
+RECORD_KEYS = ("models", "sample_ids", "labels", "correct", "fooled")
+
+
+@dataclass
+class Records:
+    """Per-sample transfer records of N models on S samples."""
+
+    models: list[str]
+    sample_ids: np.ndarray
+    labels: np.ndarray
+    correct: np.ndarray
+    fooled: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.models = [str(m) for m in self.models]
+        self.sample_ids = np.asarray(self.sample_ids, dtype=np.int64)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.correct = np.asarray(self.correct, dtype=bool)
+        self.fooled = np.asarray(self.fooled, dtype=bool)
+        n, s = len(self.models), len(self.sample_ids)
+        expected = {"labels": (s,), "correct": (n, s), "fooled": (n, n, s)}
+        for key, shape in expected.items():
+            if getattr(self, key).shape != shape:
+                raise SatlabError(
+                    f"records: '{key}' has shape {getattr(self, key).shape}, expected {shape} for {n} models "
+                    f"and {s} samples"
+                )
+
+
+def save_records(path: str | os.PathLike, records: Records) -> Path:
+    """Write `records.npz` atomically (compressed)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **{k: np.asarray(getattr(records, k)) for k in RECORD_KEYS})
+    return Path(path)
+
+
+def load_records(path: str | os.PathLike) -> Records:
+    """Read `records.npz`; a missing file, key or inconsistent shape raises SatlabError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SatlabError(f"records file '{path}' not found; it is written by `satlab task=sat`")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in RECORD_KEYS if k not in data]
+            if missing:
+                raise SatlabError(f"records file '{path}' lacks {missing}; expected keys {list(RECORD_KEYS)}")
+            return Records(**{k: data[k] for k in RECORD_KEYS})
+    except (OSError, ValueError) as err:
+        raise SatlabError(f"records file '{path}' is not a valid .npz file ({err})") from None
+
+
+def write_matrix(path: str | os.PathLike, names: Sequence[str], matrix: np.ndarray) -> Path:
+    """Write a square matrix as CSV with model names as header row and first column (atomic)."""
+    matrix = np.asarray(matrix, dtype=float)
+    if matrix.shape != (len(names), len(names)):
+        raise ValueError(f"matrix shape {matrix.shape} does not match {len(names)} names")
+    frame = pd.DataFrame(matrix, index=list(names), columns=list(names))
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, float_format="%.10g")
+    return Path(path)
+
+
+def read_matrix(path: str | os.PathLike, symmetric_tol: float | None = None) -> tuple[list[str], np.ndarray]:
+    """Read a matrix CSV in the paper's format and validate it; every problem raises one clear SatlabError.
+
+    Checks: the file exists and parses, it is square, row names equal column names (same order), every cell is
+    a number (NaN allowed only where written as empty/NaN), and, when `symmetric_tol` is given, |M - M^T| <= tol.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SatlabError(f"matrix file '{path}' not found")
+    try:
+        frame = pd.read_csv(path, index_col=0, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise SatlabError(f"matrix file '{path}' is not a readable CSV ({str(err).splitlines()[0]})") from None
+    rows = [str(r).strip() for r in frame.index]
+    cols = [str(c).strip() for c in frame.columns]
+    if len(rows) != len(cols):
+        raise SatlabError(f"matrix '{path}' is not square: {len(rows)} rows x {len(cols)} columns")
+    if rows != cols:
+        bad = next(i for i, (r, c) in enumerate(zip(rows, cols)) if r != c)
+        raise SatlabError(
+            f"matrix '{path}': row {bad + 1} is '{rows[bad]}' but column {bad + 1} is '{cols[bad]}'; "
+            "the first column must list the header's model names in the same order"
+        )
+    if len(set(rows)) != len(rows):
+        raise SatlabError(f"matrix '{path}' names a model twice")
+    values = np.empty((len(rows), len(cols)))
+    for i, row in enumerate(frame.itertuples(index=False)):
+        for j, cell in enumerate(row):
+            text = str(cell).strip()
+            try:
+                values[i, j] = float(text) if text not in ("", "nan", "NaN") else np.nan
+            except ValueError:
+                raise SatlabError(
+                    f"matrix '{path}': cell ({rows[i]}, {cols[j]}) is '{text}', not a number"
+                ) from None
+    if symmetric_tol is not None:
+        diff = np.abs(values - values.T)
+        worst = np.nanargmax(np.where(np.isnan(diff), -1, diff)) if diff.size else 0
+        i, j = np.unravel_index(worst, diff.shape)
+        if diff.size and np.nan_to_num(diff[i, j]) > symmetric_tol:
+            raise SatlabError(
+                f"matrix '{path}' is not symmetric: ({rows[i]}, {cols[j]}) = {values[i, j]:.6g} but "
+                f"({cols[j]}, {rows[i]}) = {values[j, i]:.6g} (tolerance {symmetric_tol})"
+            )
+    return rows, values

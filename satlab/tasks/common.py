@@ -1,0 +1,55 @@
+"""Pieces every task shares: where outputs go, and `summary.json` (config, config hash, timings, versions)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from satlab.utils import stable_hash, write_json
+
+_PACKAGES = ("satlab", "torch", "torchvision", "timm", "pytorch-lightning", "hydra-core", "omegaconf",
+             "numpy", "scikit-learn", "wandb")
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """The run's output folder (Hydra's run dir unless `paths.output_dir` is overridden); created if missing."""
+    path = Path(str(cfg.paths.output_dir))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that determine results."""
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def command_line() -> str:
+    """The command as the user typed it (best effort)."""
+    return " ".join(["satlab", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("satlab") else " ".join(sys.argv)
+
+
+def write_summary(out_dir: Path, cfg: DictConfig, timings: dict[str, float], **extra: Any) -> Path:
+    """Write `summary.json`: the resolved config, its hash, timings (s), library versions and task extras."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    summary = {
+        "task": str(cfg.task.name),
+        "command": command_line(),
+        "config": config,
+        # what determines results: everything but where files go and how the run is tracked
+        "config_hash": stable_hash({k: v for k, v in config.items() if k not in ("paths", "logger")}),
+        "timings_s": {k: round(float(v), 3) for k, v in timings.items()},
+        "versions": versions(),
+        **extra,
+    }
+    return write_json(Path(out_dir) / "summary.json", summary)
