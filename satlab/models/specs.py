@@ -42,6 +42,7 @@ class ModelSpec:
     model_args: Mapping[str, Any] = field(default_factory=dict)
     components: Mapping[str, str] = field(default_factory=dict)
     train_seed: int | None = None  # set for models of a zoo trained by satlab
+    train: Mapping[str, Any] = field(default_factory=dict)  # per-model overrides of the zoo's training config
     note: str = ""
 
 
@@ -90,6 +91,7 @@ def model_specs(model_set: Mapping[str, Any]) -> list[ModelSpec]:
                 model_args=dict(entry.pop("model_args", None) or {}),
                 components=components,
                 train_seed=entry.pop("train_seed", None),
+                train=dict(entry.pop("train", None) or {}),
                 note=str(entry.pop("note", "")),
             )
         )

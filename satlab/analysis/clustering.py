@@ -1,0 +1,160 @@
+"""Spectral clustering of models by SAT, the eigengap, and a 2-D map of the models. Pure NumPy/SciPy.
+
+Affinity (the documented choice): SAT is a similarity on a log scale whose diagonal (a model against itself) is
+not comparable with the off-diagonal, so it is first turned into a distance
+
+    d(A, B) = max_{i != j} SAT(i, j) - SAT(A, B)   (clipped at 0; d(A, A) = 0)
+
+and then into a Gaussian-kernel affinity  W = exp(-d^2 / (2 sigma^2))  with sigma the median off-diagonal
+distance (`affinity="gaussian"`, default). `affinity="exp"` uses W = exp(SAT - max SAT) instead, i.e. the average
+transfer rate relative to the most similar pair. The diagonal of W is 0; a NaN SAT (no jointly-correct
+samples) gives W = 0 and the largest distance.
+
+Clustering: the k leading eigenvectors of the symmetric normalised affinity D^-1/2 W D^-1/2 from a dense,
+deterministic eigensolver, rescaled by D^-1/2 (the random-walk embedding, as scikit-learn's SpectralClustering), then the CLUSTER_QR assignment (Damle et al., 2019), which has no random initialisation. The labels
+therefore do not depend on any seed. They are renumbered 0, 1, ... by first appearance in the matrix order.
+Number of clusters: `n_clusters`, or the eigengap of the normalised Laplacian L = I - D^-1/2 W D^-1/2: the k in
+[2, max_clusters] that maximises lambda_{k+1} - lambda_k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+AFFINITIES = ("gaussian", "exp")
+
+
+def offdiag(matrix: np.ndarray) -> np.ndarray:
+    """The off-diagonal entries of a square matrix as a flat array."""
+    matrix = np.asarray(matrix, dtype=float)
+    return matrix[~np.eye(matrix.shape[0], dtype=bool)]
+
+
+def sat_distance(sat: np.ndarray) -> np.ndarray:
+    """d = max off-diagonal SAT - SAT, clipped at 0, zero diagonal; NaN cells get the largest distance."""
+    sat = np.asarray(sat, dtype=float)
+    values = offdiag(sat)
+    finite = values[np.isfinite(values)]
+    top = finite.max() if finite.size else 0.0
+    dist = np.clip(top - sat, 0.0, None)
+    worst = np.nanmax(dist) if np.isfinite(dist).any() else 0.0
+    dist = np.where(np.isfinite(dist), dist, worst)
+    np.fill_diagonal(dist, 0.0)
+    return dist
+
+
+def sat_affinity(sat: np.ndarray, kind: str = "gaussian") -> np.ndarray:
+    """The affinity matrix W used for spectral clustering (see the module docstring); zero diagonal."""
+    sat = np.asarray(sat, dtype=float)
+    if kind == "gaussian":
+        dist = sat_distance(sat)
+        sigma = float(np.median(offdiag(dist))) if sat.shape[0] > 1 else 1.0
+        weights = np.exp(-(dist**2) / (2.0 * (sigma if sigma > 0 else 1.0) ** 2))
+    elif kind == "exp":
+        finite = offdiag(sat)[np.isfinite(offdiag(sat))]
+        weights = np.exp(sat - (finite.max() if finite.size else 0.0))
+    else:
+        raise ValueError(f"unknown affinity '{kind}'; choose one of {AFFINITIES}")
+    weights = np.where(np.isfinite(weights), weights, 0.0)
+    weights = 0.5 * (weights + weights.T)
+    np.fill_diagonal(weights, 0.0)
+    return weights
+
+
+def normalized_affinity(weights: np.ndarray) -> np.ndarray:
+    """D^-1/2 W D^-1/2; a model with no affinity to any other gets 1 on the diagonal (its own component)."""
+    degree = weights.sum(axis=1)
+    isolated = degree <= 1e-300
+    scale = 1.0 / np.sqrt(np.where(isolated, 1.0, degree))
+    norm = weights * scale[:, None] * scale[None, :]
+    norm[isolated, isolated] = 1.0
+    return 0.5 * (norm + norm.T)
+
+
+def laplacian_eigenvalues(weights: np.ndarray) -> np.ndarray:
+    """Eigenvalues of the normalised Laplacian I - D^-1/2 W D^-1/2, ascending."""
+    vals = scipy.linalg.eigh(normalized_affinity(weights), eigvals_only=True)
+    return np.sort(1.0 - vals)
+
+
+def eigengap(eigenvalues: np.ndarray, max_clusters: int = 20, min_clusters: int = 2) -> int:
+    """The k in [min_clusters, max_clusters] with the largest gap eigenvalues[k] - eigenvalues[k-1] (ascending)."""
+    n = len(eigenvalues)
+    hi = min(max_clusters, n - 1)
+    if hi < min_clusters:
+        return max(1, min(min_clusters, n))
+    ks = np.arange(min_clusters, hi + 1)
+    gaps = eigenvalues[ks] - eigenvalues[ks - 1]
+    return int(ks[int(np.argmax(gaps))])
+
+
+def cluster_qr(vectors: np.ndarray) -> np.ndarray:
+    """CLUSTER_QR (Damle, Minden & Ying 2019): labels from a spectral embedding [n, k], no randomness."""
+    k = vectors.shape[1]
+    _, _, piv = scipy.linalg.qr(vectors.T, pivoting=True)
+    ut, _, v = np.linalg.svd(vectors[piv[:k], :].T)
+    return np.abs(vectors @ (ut @ v.conj())).argmax(axis=1)
+
+
+def canonical_labels(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels 0, 1, ... in order of first appearance."""
+    mapping: dict[int, int] = {}
+    return np.array([mapping.setdefault(int(x), len(mapping)) for x in labels], dtype=int)
+
+
+@dataclass
+class Clustering:
+    """Spectral clustering result: labels follow the matrix order of the models."""
+
+    labels: np.ndarray
+    n_clusters: int
+    eigengap_k: int
+    eigenvalues: np.ndarray
+    affinity: str
+
+
+def spectral_clusters(
+    sat: np.ndarray, n_clusters: int | None = None, max_clusters: int = 20, affinity: str = "gaussian"
+) -> Clustering:
+    """Cluster models from their SAT matrix; `n_clusters=None` takes the eigengap's choice. Seed-free."""
+    sat = np.asarray(sat, dtype=float)
+    n = sat.shape[0]
+    if n_clusters is not None and not 1 <= n_clusters <= n:
+        raise ValueError(f"n_clusters={n_clusters} must be between 1 and the number of models ({n})")
+    weights = sat_affinity(sat, affinity)
+    norm = normalized_affinity(weights)
+    vals, vecs = scipy.linalg.eigh(norm)
+    order = np.argsort(-vals, kind="stable")
+    vals, vecs = vals[order], vecs[:, order]
+    lap = 1.0 - vals
+    k_gap = eigengap(lap, max_clusters)
+    k = int(n_clusters) if n_clusters is not None else k_gap
+    degree = weights.sum(axis=1)
+    embedding = vecs[:, :k] / np.sqrt(np.where(degree > 1e-300, degree, 1.0))[:, None]  # random-walk eigenvectors
+    labels = np.zeros(n, dtype=int) if k == 1 else cluster_qr(embedding)
+    return Clustering(canonical_labels(labels), k, k_gap, lap, affinity)
+
+
+def cluster_order(labels: np.ndarray) -> np.ndarray:
+    """Model indices sorted by cluster, keeping the matrix order inside a cluster."""
+    return np.argsort(np.asarray(labels), kind="stable")
+
+
+def classical_mds(dist: np.ndarray, dims: int = 2) -> np.ndarray:
+    """Classical (Torgerson) MDS of a distance matrix -> coordinates [n, dims]; deterministic (signs fixed)."""
+    dist = np.asarray(dist, dtype=float)
+    n = dist.shape[0]
+    centre = np.eye(n) - np.full((n, n), 1.0 / n)
+    gram = -0.5 * centre @ (dist**2) @ centre
+    vals, vecs = scipy.linalg.eigh(0.5 * (gram + gram.T))
+    order = np.argsort(-vals, kind="stable")[:dims]
+    coords = vecs[:, order] * np.sqrt(np.clip(vals[order], 0.0, None))
+    if coords.shape[1] < dims:
+        coords = np.pad(coords, ((0, 0), (0, dims - coords.shape[1])))
+    for j in range(coords.shape[1]):  # sign convention: the largest-magnitude coordinate is positive
+        if coords[np.argmax(np.abs(coords[:, j])), j] < 0:
+            coords[:, j] *= -1
+    return coords

@@ -1,0 +1,139 @@
+"""Summary statistics of a SAT matrix and the Markdown report of an analysis run (`report.md`)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from satlab.analysis.clustering import Clustering
+from satlab.analysis.features import pair_index
+from satlab.analysis.importance import Importance
+
+AFFINITY_TEXT = {
+    "gaussian": "Gaussian kernel W = exp(-d^2 / (2 sigma^2)) on the distance d = max off-diagonal SAT - SAT, "
+    "sigma = median off-diagonal distance",
+    "exp": "W = exp(SAT - max off-diagonal SAT), the average transfer rate relative to the most similar pair",
+}
+
+
+def matrix_summary(names: Sequence[str], sat: np.ndarray, top: int = 5) -> dict[str, Any]:
+    """Off-diagonal statistics of a symmetric SAT matrix and its `top` most / least similar pairs."""
+    rows, cols = pair_index(len(names))
+    vals = np.asarray(sat, dtype=float)[rows, cols]
+    ok = np.flatnonzero(np.isfinite(vals))
+    order = ok[np.lexsort((cols[ok], rows[ok], -vals[ok]))]  # descending SAT, ties by matrix order
+
+    def pairs(idx: np.ndarray) -> list[dict[str, Any]]:
+        return [{"a": names[rows[i]], "b": names[cols[i]], "sat": float(vals[i])} for i in idx]
+
+    finite = vals[ok]
+    stat = (lambda f: float(f(finite)) if finite.size else float("nan"))
+    return {
+        "n_models": len(names),
+        "n_pairs": int(len(vals)),
+        "n_nan_pairs": int(len(vals) - len(ok)),
+        "median": stat(np.median),
+        "mean": stat(np.mean),
+        "min": stat(np.min),
+        "max": stat(np.max),
+        "most_similar": pairs(order[:top]),
+        "least_similar": pairs(order[::-1][:top]),
+    }
+
+
+def _table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    """A DataFrame as a Markdown table (no extra dependency)."""
+    def cell(v: Any) -> str:
+        return format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v).replace("|", "\\|")
+
+    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
+
+
+def cluster_members(clusters: pd.DataFrame) -> list[tuple[int, list[str], str]]:
+    """(cluster, members, families summary) per cluster, from a frame with columns model, cluster, family."""
+    out = []
+    for c, group in clusters.groupby("cluster", sort=True):
+        fams = group["family"].value_counts()
+        out.append((int(c), list(group["model"]), ", ".join(f"{f} x{n}" for f, n in fams.items())))
+    return out
+
+
+def build_report(
+    *,
+    matrix_path: str,
+    stats: Mapping[str, Any],
+    importance: Importance,
+    dropped: Mapping[str, str],
+    clustering: Clustering,
+    clusters: pd.DataFrame,
+    kappa: Mapping[str, Any] | None,
+    figures: Mapping[str, str],
+    command: str,
+    config_yaml: str,
+    metadata_source: str,
+) -> str:
+    """The Markdown text of `report.md`; `figures` maps a title to a path relative to the report."""
+    lines = ["# SAT matrix analysis", "", f"Matrix: `{matrix_path}` ({stats['n_models']} models, "
+             f"{stats['n_pairs']} pairs). Component metadata: {metadata_source}.", ""]
+
+    lines += ["## Summary statistics (off-diagonal SAT)", "",
+              f"median {stats['median']:.4f}, mean {stats['mean']:.4f}, min {stats['min']:.4f}, "
+              f"max {stats['max']:.4f}" + (f"; {stats['n_nan_pairs']} pairs are NaN" if stats["n_nan_pairs"] else ""),
+              ""]
+    for key, title in (("most_similar", "Most similar pairs"), ("least_similar", "Least similar pairs")):
+        frame = pd.DataFrame(stats[key], columns=["a", "b", "sat"]).rename(columns={"a": "model A", "b": "model B",
+                                                                                    "sat": "SAT"})
+        lines += [f"**{title}**", "", _table(frame), ""]
+
+    lines += ["## Component importance", ""]
+    if importance.note:
+        lines += [f"Not computed: {importance.note}.", ""]
+    else:
+        top = ", ".join(importance.table["component"].head(3))
+        lines += [
+            f"Top components: **{top}**.", "",
+            f"Regression of pair SAT on per-component pair features ({importance.n_pairs} pairs, "
+            f"{importance.n_test} held out per seed). Held-out R^2: {importance.model} "
+            f"{importance.r2['ensemble_mean']:.3f} +- {importance.r2['ensemble_std']:.3f}, ridge (linear) "
+            f"{importance.r2['linear_mean']:.3f} +- {importance.r2['linear_std']:.3f}. Importance = drop in held-out "
+            "R^2 when the component's feature is permuted (mean +- std over seeds and repeats).", "",
+            _table(importance.table), "",
+            "Linear model (ridge) for comparison:", "",
+            _table(importance.linear_table), "",
+        ]
+    if dropped:
+        lines += ["Components left out: " + "; ".join(f"{c} ({why})" for c, why in dropped.items()) + ".", ""]
+
+    lines += ["## Spectral clustering", "",
+              f"Affinity: {AFFINITY_TEXT.get(clustering.affinity, clustering.affinity)}; zero diagonal. "
+              "Labels from the leading eigenvectors of the normalised affinity with CLUSTER_QR (no random "
+              "initialisation: the clusters do not depend on the seed), numbered by first appearance in the "
+              "matrix order.", "",
+              f"Clusters: **{clustering.n_clusters}** (the eigengap suggests {clustering.eigengap_k}; the paper used "
+              "10, `analyze.n_clusters=10`).", ""]
+    members = cluster_members(clusters)
+    lines += _table(pd.DataFrame(
+        [(c, len(m), fams, ", ".join(m)) for c, m, fams in members],
+        columns=["cluster", "size", "families", "members"])).splitlines() + [""]
+
+    lines += ["## Error consistency", ""]
+    if kappa:
+        lines += [f"Cohen's kappa between clean-correctness vectors of {kappa['n_models']} models on "
+                  f"{kappa['n_samples']} samples (`kappa_matrix.csv`). Spearman correlation of off-diagonal kappa "
+                  f"with SAT: rho = {kappa['spearman_rho']:.4f} (p = {kappa['p_value']:.3g}, "
+                  f"{kappa['n_pairs']} pairs).", ""]
+    else:
+        lines += ["Not computed: no `records.npz` next to the matrix (pass `analyze.records=...`).", ""]
+
+    lines += ["## Figures", ""]
+    for title, rel in figures.items():
+        lines += [f"### {title}", "", f"![{title}]({rel})", ""]
+
+    lines += ["## Reproduce", "", "```bash", command, "```", "", "<details><summary>Resolved config</summary>", "",
+              "```yaml", config_yaml.rstrip(), "```", "", "</details>", ""]
+    return "\n".join(lines)

@@ -1,0 +1,11 @@
+"""The data stage: each dataset function returns a `DatasetSplits` whose items are
+`(image float32 [3,R,R] on 8-bit levels, label int, sample_id int)`.
+
+The dataset functions live in their modules (`satlab.data.digits.digits`, `satlab.data.folders.imagenet`,
+`satlab.data.folders.imagefolder`, `satlab.data.flowers.flowers102`) and are not re-exported here, so that
+the module `satlab.data.digits` is not shadowed by the function of the same name (Hydra's `_target_`).
+"""
+
+from satlab.data.common import DatasetSplits, LabeledDataset, balanced_positions, labels_and_ids
+
+__all__ = ["DatasetSplits", "LabeledDataset", "balanced_positions", "labels_and_ids"]

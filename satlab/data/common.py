@@ -1,0 +1,185 @@
+"""Pieces shared by every dataset: the splits container, labelled datasets, balanced subsets, 8-bit pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Subset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from satlab.utils import SatlabError
+
+Item = tuple[torch.Tensor, int, int]
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """What every dataset function returns. `eval` is already reduced to the balanced subset."""
+
+    name: str
+    train: Dataset | None
+    eval: Dataset
+    num_classes: int
+    resolution: int
+    class_names: list[str]
+
+
+class LabeledDataset(Dataset):
+    """A dataset whose labels and stable sample ids are known without decoding any image.
+
+    Items are `(image float32 [3,R,R] on 8-bit levels, label int, sample_id int)`.
+    Subclasses implement `_image(i)` and `take(positions)`.
+    """
+
+    labels: np.ndarray
+    ids: np.ndarray
+
+    def __init__(self, labels: Sequence[int], ids: Sequence[int]) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.ids = np.asarray(ids, dtype=np.int64)
+        if self.labels.shape != self.ids.shape:
+            raise ValueError("labels and ids must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Item:
+        return self._image(i), int(self.labels[i]), int(self.ids[i])
+
+    def _image(self, i: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def take(self, positions: np.ndarray) -> "LabeledDataset":
+        """A dataset of the same kind holding only the items at `positions` (ids unchanged)."""
+        raise NotImplementedError
+
+
+class TensorImages(LabeledDataset):
+    """In-memory uint8 images `[N,3,R,R]`, converted to float32 in [0,1] on access."""
+
+    def __init__(self, images: torch.Tensor, labels: Sequence[int], ids: Sequence[int]) -> None:
+        super().__init__(labels, ids)
+        if images.dtype != torch.uint8 or len(images) != len(self.labels):
+            raise ValueError("images must be a uint8 tensor with one row per label")
+        self.images = images
+
+    def _image(self, i: int) -> torch.Tensor:
+        return uint8_to_float(self.images[i])
+
+    def take(self, positions: np.ndarray) -> "TensorImages":
+        index = torch.as_tensor(positions, dtype=torch.long)
+        return TensorImages(self.images[index], self.labels[positions], self.ids[positions])
+
+
+class FileImages(LabeledDataset):
+    """Images read from disk, resized (shorter side) then center-cropped, in pixel space."""
+
+    def __init__(
+        self, paths: Sequence[Path], labels: Sequence[int], ids: Sequence[int], resize: int, resolution: int
+    ) -> None:
+        super().__init__(labels, ids)
+        if len(paths) != len(self.labels):
+            raise ValueError("paths and labels must have the same length")
+        self.paths = list(paths)
+        self.resize = resize
+        self.resolution = resolution
+
+    def _image(self, i: int) -> torch.Tensor:
+        return load_image(self.paths[i], self.resize, self.resolution)
+
+    def take(self, positions: np.ndarray) -> "FileImages":
+        paths = [self.paths[p] for p in positions]
+        return FileImages(paths, self.labels[positions], self.ids[positions], self.resize, self.resolution)
+
+
+def uint8_to_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0,1]; every value satisfies round(x*255)/255 == x."""
+    return image.to(torch.float32).div_(255.0)
+
+
+def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
+    """Float image in [0,1] -> uint8 levels (rounded, clamped)."""
+    return x.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+
+
+def load_image(path: Path, resize: int, resolution: int) -> torch.Tensor:
+    """Decode an image as RGB, resize its shorter side to `resize` (bilinear), center-crop `resolution`."""
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise SatlabError(f"cannot read image {path}: {exc}; remove or replace the file") from exc
+    rgb = TF.resize(rgb, resize, interpolation=InterpolationMode.BILINEAR)
+    rgb = TF.center_crop(rgb, [resolution, resolution])
+    return uint8_to_float(TF.pil_to_tensor(rgb))
+
+
+def check_samples_per_class(samples_per_class: int | None) -> None:
+    """None (all images) or a positive integer."""
+    if samples_per_class is None:
+        return
+    if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
+        raise SatlabError(
+            f"dataset.samples_per_class must be a positive integer or null (all images), got {samples_per_class!r}"
+        )
+
+
+def check_params(resolution: int, resize: int | None, samples_per_class: int | None) -> None:
+    """Reject bad sizes, a resize smaller than the crop, and a bad samples_per_class, before any loading."""
+    check_samples_per_class(samples_per_class)
+    if not isinstance(resolution, int) or resolution < 1:
+        raise SatlabError(f"dataset.resolution must be a positive integer, got {resolution!r}")
+    if resize is not None:
+        if not isinstance(resize, int) or resize < 1:
+            raise SatlabError(f"dataset.resize must be a positive integer, got {resize!r}")
+        if resize < resolution:
+            raise SatlabError(
+                f"dataset.resize ({resize}) must be >= dataset.resolution ({resolution}): "
+                "the shorter side is resized first, then the center crop is taken"
+            )
+
+
+def balanced_positions(labels: np.ndarray, samples_per_class: int | None, subset_seed: int = 0) -> np.ndarray:
+    """Sorted positions of a class-balanced subset: at most `samples_per_class` per class (None = all).
+
+    Each class draws from its own generator seeded by (subset_seed, class), so the choice never depends
+    on the global RNG nor on which other classes are present.
+    """
+    labels = np.asarray(labels)
+    check_samples_per_class(samples_per_class)
+    if isinstance(subset_seed, bool) or not isinstance(subset_seed, int) or subset_seed < 0:
+        raise SatlabError(f"dataset.subset_seed must be a non-negative integer, got {subset_seed!r}")
+    if samples_per_class is None:
+        return np.arange(len(labels))
+    chosen = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        if len(members) > samples_per_class:
+            rng = np.random.default_rng([subset_seed, int(cls)])
+            members = rng.choice(members, size=samples_per_class, replace=False)
+        chosen.append(members)
+    return np.sort(np.concatenate(chosen)) if chosen else np.arange(0)
+
+
+def balanced_subset(ds: LabeledDataset, samples_per_class: int | None, subset_seed: int = 0) -> LabeledDataset:
+    """`ds` reduced to a deterministic class-balanced subset (see `balanced_positions`)."""
+    if samples_per_class is None:
+        return ds
+    return ds.take(balanced_positions(ds.labels, samples_per_class, subset_seed))
+
+
+def labels_and_ids(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and stable sample ids of a satlab dataset (or a torch Subset of one), without decoding images."""
+    if isinstance(ds, Subset):
+        labels, ids = labels_and_ids(ds.dataset)
+        index = np.asarray(ds.indices, dtype=np.int64)
+        return labels[index], ids[index]
+    if isinstance(ds, LabeledDataset):
+        return ds.labels.copy(), ds.ids.copy()
+    raise TypeError(f"labels_and_ids needs a satlab dataset or a Subset of one, got {type(ds).__name__}")

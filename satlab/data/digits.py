@@ -1,0 +1,47 @@
+"""scikit-learn's bundled 8x8 digits (offline), upsampled to RGB images on 8-bit levels, kept in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from satlab.data.common import DatasetSplits, TensorImages, balanced_subset, check_params, quantize_8bit
+
+TEST_SIZE = 0.2  # fixed stratified split: the same images are always train / test
+SPLIT_SEED = 0
+
+
+def digit_images(resolution: int) -> tuple[torch.Tensor, np.ndarray]:
+    """All 1797 digits as uint8 `[N,3,R,R]` (bilinear upsampling, align_corners=False) and their labels."""
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).div(16.0).unsqueeze(1)
+    x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return quantize_8bit(x).expand(-1, 3, -1, -1).contiguous(), bunch.target.astype(np.int64)
+
+
+def digits(
+    name: str = "digits",
+    resolution: int = 32,
+    samples_per_class: int | None = None,
+    subset_seed: int = 0,
+) -> DatasetSplits:
+    """Digits with a fixed stratified 80/20 split; sample_id = index into `load_digits()`."""
+    check_params(resolution, None, samples_per_class)
+    images, labels = digit_images(resolution)
+    ids = np.arange(len(labels))
+    train_ids, test_ids = train_test_split(
+        ids, test_size=TEST_SIZE, stratify=labels, random_state=SPLIT_SEED
+    )
+    train_ids, test_ids = np.sort(train_ids), np.sort(test_ids)
+    full = TensorImages(images, labels, ids)
+    return DatasetSplits(
+        name=name,
+        train=full.take(train_ids),
+        eval=balanced_subset(full.take(test_ids), samples_per_class, subset_seed),
+        num_classes=10,
+        resolution=resolution,
+        class_names=[str(d) for d in range(10)],
+    )

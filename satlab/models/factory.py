@@ -1,0 +1,91 @@
+"""Build pixel-space models from specs: timm by name (pretrained or random init) or a local checkpoint.
+
+Models of a zoo that satlab trains itself (specs with `train_seed`) are built by `satlab.models.zoo`, which
+calls `create_timm` from here. Every failure a user can cause becomes one SatlabError that says what to fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import zlib
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from satlab.models.specs import ModelSpec
+from satlab.models.wrapper import PixelModel
+from satlab.utils import SatlabError, file_hash, stable_hash
+
+
+def check_arch(timm_name: str) -> str:
+    """The architecture part of `timm_name` ('resnet50.a1_in1k' -> 'resnet50'); unknown -> SatlabError."""
+    arch = timm_name.split(".", 1)[0]
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=4, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `timm.list_models()` lists the known names"
+        raise SatlabError(f"unknown model '{timm_name}' (not a timm architecture){hint}")
+    return arch
+
+
+def create_timm(spec: ModelSpec, num_classes: int | None, seed: int, **extra: Any) -> nn.Module:
+    """`timm.create_model` for a spec. Random init is seeded by (seed, model name) so it is reproducible."""
+    check_arch(spec.timm_name)
+    kwargs = {**dict(spec.model_args), **extra}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    torch.manual_seed(zlib.crc32(f"{seed}:{spec.name}".encode()))
+    try:
+        return timm.create_model(spec.timm_name, pretrained=spec.pretrained, **kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise SatlabError(f"model '{spec.name}': timm cannot build '{spec.timm_name}' with {kwargs} ({err})") from None
+    except Exception as err:  # noqa: BLE001 - hub/network errors come in many types
+        if not spec.pretrained:
+            raise
+        raise SatlabError(
+            f"model '{spec.name}': pretrained weights for '{spec.timm_name}' could not be loaded "
+            f"({type(err).__name__}); offline, put them in the Hugging Face cache (HF_HOME) on a machine with "
+            "internet first, or set checkpoint_path for this model in the model set"
+        ) from None
+
+
+def model_key(spec: ModelSpec, seed: int) -> str:
+    """What identifies a model's weights (for cache keys): tag, checkpoint content, or init seed."""
+    if spec.checkpoint_path:
+        return f"ckpt:{spec.timm_name}:{file_hash(spec.checkpoint_path)}"
+    if spec.pretrained:
+        return f"pretrained:{spec.timm_name}"
+    return f"init:{spec.timm_name}:{stable_hash(dict(spec.model_args))}:{seed}"
+
+
+def load_checkpoint(model: nn.Module, path: str, name: str) -> None:
+    """Load a local checkpoint (.pth/.pt/.safetensors, plain or {'state_dict': ...}) into `model`."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise SatlabError(f"model '{name}': checkpoint_path '{file}' does not exist")
+    try:
+        timm.models.load_checkpoint(model, str(file), strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise SatlabError(f"model '{name}': checkpoint '{file}' does not fit '{name}' ({first})") from None
+
+
+def build_model(spec: ModelSpec, num_classes: int, seed: int = 0) -> PixelModel:
+    """A pretrained / checkpoint / randomly initialised timm model, wrapped to take [0,1] pixels, in eval mode.
+
+    Pretrained models keep their own head; a class count different from the dataset's is an error.
+    """
+    if spec.checkpoint_path:
+        model = create_timm(spec.__class__(**{**spec.__dict__, "pretrained": False}), num_classes, seed)
+        load_checkpoint(model, spec.checkpoint_path, spec.name)
+    else:
+        model = create_timm(spec, None if spec.pretrained else num_classes, seed)
+    if getattr(model, "num_classes", num_classes) != num_classes:
+        raise SatlabError(
+            f"model '{spec.name}' predicts {model.num_classes} classes but the dataset has {num_classes}; "
+            "pick a dataset with the model's label space (e.g. dataset=imagenet for ImageNet weights) or a "
+            "checkpoint trained on this dataset"
+        )
+    return PixelModel.from_timm(model).eval()

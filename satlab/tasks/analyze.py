@@ -1,0 +1,227 @@
+"""task=analyze: component importance, spectral clustering, model map, error consistency and a report of a SAT matrix.
+
+Reads and validates every input first (matrix, component metadata, records), so bad input stops the run before
+any result file is written; then calls `satlab.analysis` and writes the results into the run dir (atomically),
+to wandb, and to `summary.json`. See `conf/task/analyze.yaml` for the options.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from satlab.analysis import clustering as clu
+from satlab.analysis import consistency, features, importance, plots, report
+from satlab.models.specs import model_specs
+from satlab.sat.records import load_records, read_matrix, write_matrix
+from satlab.tasks.common import command_line, output_dir, write_summary
+from satlab.tasks.tracking import start_tracking
+from satlab.utils import SatlabError, atomic_path, write_text
+
+log = logging.getLogger(__name__)
+_PAD = "__satlab_analyze_pad__"
+
+
+def find_matrix(option: Any, out_dir: Path) -> Path:
+    """`analyze.matrix`, else the run dir's sat_matrix.csv, else the newest one of a `task=sat` run."""
+    if option not in (None, ""):
+        return Path(str(option)).expanduser()
+    here = out_dir / "sat_matrix.csv"
+    if here.is_file():
+        log.info("analyze.matrix not given: using %s (the current run dir)", here)
+        return here
+    found = [p for pattern in ("outputs/sat/*/sat_matrix.csv", "multirun/sat/*/*/sat_matrix.csv")
+             for p in Path.cwd().glob(pattern)]
+    if not found:
+        raise SatlabError("no SAT matrix to analyse: pass analyze.matrix=<sat_matrix.csv> (none in the run dir "
+                          "and no outputs/sat/*/ run found)")
+    newest = max(found, key=lambda p: (p.stat().st_mtime, str(p)))
+    log.info("analyze.matrix not given: using %s (the most recent task=sat run)", newest)
+    return newest
+
+
+def load_metadata(cfg: DictConfig, names: list[str], matrix_path: Path):
+    """Components, families and per-model sources from the model set's catalog and/or models.csv by the matrix."""
+    catalog_cfg = (cfg.model_set.get("catalog") or {}) if "model_set" in cfg else {}
+    in_catalog = [n for n in names if n in catalog_cfg]
+    catalog = {}
+    if in_catalog:
+        plain = OmegaConf.to_container(cfg.model_set, resolve=False)
+        plain["models"] = in_catalog + ([_PAD] if len(in_catalog) < 2 else [])
+        catalog = {s.name: {"family": s.family, "components": dict(s.components)}
+                   for s in model_specs(plain) if s.name != _PAD}
+    table = None
+    csv = matrix_path.parent / "models.csv"
+    if csv.is_file():
+        try:
+            table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise SatlabError(f"'{csv}' is not a readable CSV ({str(err).splitlines()[0]})") from None
+    return features.resolve_metadata(names, catalog, table)
+
+
+def load_kappa_inputs(option: Any, matrix_path: Path, names: list[str]):
+    """(records, shared model names, rows) or None when no records file applies."""
+    explicit = option not in (None, "")
+    path = Path(str(option)).expanduser() if explicit else matrix_path.parent / "records.npz"
+    if not explicit and not path.is_file():
+        log.info("no records.npz next to the matrix: error consistency (kappa) skipped")
+        return None
+    records = load_records(path)
+    shared, rows = consistency.align(records.models, names)
+    if len(shared) < 2:
+        msg = f"records '{path}' share {len(shared)} model(s) with the matrix; kappa needs at least 2"
+        if explicit:
+            raise SatlabError(msg)
+        log.warning("%s: error consistency skipped", msg)
+        return None
+    return path, records, shared, rows
+
+
+def _check_options(acfg: DictConfig, n_models: int) -> None:
+    k = acfg.get("n_clusters")
+    if k is not None and (not isinstance(k, int) or not 1 <= k <= n_models):
+        raise SatlabError(f"analyze.n_clusters={k} must be an integer between 1 and the number of models ({n_models})")
+    if acfg.affinity not in clu.AFFINITIES:
+        raise SatlabError(f"analyze.affinity={acfg.affinity} is unknown; choose one of {', '.join(clu.AFFINITIES)}")
+    if acfg.importance_model not in importance.MODELS:
+        raise SatlabError(f"analyze.importance_model={acfg.importance_model} is unknown; choose one of "
+                          f"{', '.join(importance.MODELS)}")
+
+
+def _write_csv(path: Path, frame: pd.DataFrame, **kwargs) -> Path:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, **kwargs)
+    return path
+
+
+def _config_yaml(cfg: DictConfig) -> str:
+    try:
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - an unresolvable interpolation only affects the report's config block
+        return OmegaConf.to_yaml(cfg)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Analyse a SAT matrix; returns the summary written to summary.json."""
+    acfg = cfg.analyze
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    out_dir = output_dir(cfg)
+    matrix_path = find_matrix(acfg.get("matrix"), out_dir)
+    names, sat = read_matrix(matrix_path, symmetric_tol=float(acfg.symmetric_tol))
+    if len(names) < 3:
+        raise SatlabError(f"matrix '{matrix_path}' has {len(names)} models; the analysis needs at least 3")
+    sat = features.symmetrize(sat)
+    _check_options(acfg, len(names))
+    components, families, sources = load_metadata(cfg, names, matrix_path)
+    kappa_inputs = load_kappa_inputs(acfg.get("records"), matrix_path, names)
+    if (out_dir / "summary.json").is_file() and (out_dir / "sat_matrix.csv").is_file():
+        out_dir = out_dir / "analyze"  # inside a task=sat run dir: keep its summary.json
+    timings["load"] = time.perf_counter() - start
+
+    tick = time.perf_counter()
+    table, dropped = features.component_table(components, names)
+    pairs = features.pair_features(table)
+    pairs.insert(2, "sat", features.pair_targets(sat))
+    seeds = [int(acfg.seed) + i for i in range(int(acfg.importance_seeds))]
+    imp = importance.component_importance(
+        pairs[list(table.columns)], pairs["sat"].to_numpy(), seeds=seeds, model=str(acfg.importance_model),
+        test_size=float(acfg.test_size), n_repeats=int(acfg.n_repeats), n_estimators=int(acfg.n_estimators))
+    timings["importance"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    result = clu.spectral_clusters(sat, acfg.get("n_clusters"), int(acfg.max_clusters), str(acfg.affinity))
+    coords = clu.classical_mds(clu.sat_distance(sat))
+    clusters = pd.DataFrame({"model": names, "cluster": result.labels, "family": [families[n] for n in names]})
+    timings["clustering"] = time.perf_counter() - tick
+
+    kappa_info = None
+    if kappa_inputs is not None:
+        rec_path, records, shared, rows = kappa_inputs
+        kappa = consistency.kappa_matrix(records.correct[rows])
+        idx = [names.index(n) for n in shared]
+        kappa_info = {"records": str(rec_path), "n_models": len(shared), "n_samples": int(records.correct.shape[1]),
+                      **consistency.kappa_sat_correlation(kappa, sat[np.ix_(idx, idx)])}
+
+    tick = time.perf_counter()
+    stats = report.matrix_summary(names, sat, top=int(acfg.top_pairs))
+    files = {
+        "component_importance": _write_csv(out_dir / "component_importance.csv", imp.table, float_format="%.6g"),
+        "pair_features": _write_csv(out_dir / "pair_features.csv", pairs, float_format="%.10g"),
+        "clusters": _write_csv(out_dir / "clusters.csv", clusters),
+    }
+    figures = {
+        "Component importance": plots.plot_importance(imp.table, out_dir / "importance.png",
+                                                      f"Component importance ({imp.model})"),
+        "SAT sorted by cluster": plots.plot_cluster_heatmap(names, sat, result.labels, out_dir / "clusters_heatmap.png"),
+        "Model map": plots.plot_model_map(names, coords, result.labels, out_dir / "model_map.png"),
+        "Eigenvalues and eigengap": plots.plot_eigenvalues(result.eigenvalues, result.n_clusters, result.eigengap_k,
+                                                           out_dir / "eigengap.png"),
+    }
+    if kappa_info is not None:
+        files["kappa_matrix"] = write_matrix(out_dir / "kappa_matrix.csv", shared, kappa)
+        figures["Error consistency vs SAT"] = plots.plot_kappa_vs_sat(
+            kappa, sat[np.ix_(idx, idx)], kappa_info["spearman_rho"], out_dir / "kappa_vs_sat.png")
+    n_sources = pd.Series(sources).value_counts().to_dict()
+    source_text = ", ".join(f"{src} for {n} models" for src, n in n_sources.items())
+    text = report.build_report(
+        matrix_path=str(matrix_path), stats=stats, importance=imp, dropped=dropped, clustering=result,
+        clusters=clusters, kappa=kappa_info, figures={k: Path(v).name for k, v in figures.items()},
+        command=command_line(), config_yaml=_config_yaml(cfg), metadata_source=source_text)
+    files["report"] = write_text(out_dir / "report.md", text)
+    files.update({Path(p).stem: Path(p) for p in figures.values()})
+    timings["write"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - start
+
+    members = report.cluster_members(clusters)
+    extra = {
+        "matrix": str(matrix_path.resolve()), "n_models": len(names), "metadata_sources": n_sources,
+        "dropped_components": dropped, "matrix_stats": stats,
+        "importance": {"model": imp.model, "seeds": seeds, "r2": imp.r2, "n_pairs": imp.n_pairs, "note": imp.note,
+                       "ranking": imp.table["component"].tolist(),
+                       "linear_ranking": imp.linear_table["component"].tolist()},
+        "clusters": {"n_clusters": result.n_clusters, "eigengap_k": result.eigengap_k, "affinity": result.affinity,
+                     "sizes": [len(m) for _, m, _ in members]},
+        "kappa": kappa_info, "files": {k: Path(v).name for k, v in files.items()},
+    }
+    summary_path = write_summary(out_dir, cfg, timings, **extra)
+
+    tracker = start_tracking(cfg, "analyze", out_dir)
+    tracker.log({"importance/r2_ensemble": imp.r2["ensemble_mean"], "importance/r2_linear": imp.r2["linear_mean"],
+                 "clusters/n_clusters": result.n_clusters, "clusters/eigengap_k": result.eigengap_k,
+                 "sat/median": stats["median"], **({"kappa/spearman_rho": kappa_info["spearman_rho"]}
+                                                   if kappa_info else {})})
+    tracker.log_table("component_importance", imp.table)
+    tracker.log_table("clusters", clusters)
+    for key, path in figures.items():
+        tracker.log_image(Path(path).stem, path)
+    tracker.summary({"n_clusters": result.n_clusters, "top_component": imp.table["component"].head(1).tolist()})
+    tracker.log_artifact("sat-analysis", "analysis", [*files.values(), summary_path])
+    tracker.finish()
+
+    _print_results(imp, members, result, kappa_info, out_dir)
+    return extra
+
+
+def _print_results(imp, members, result, kappa_info, out_dir: Path) -> None:
+    print("\nComponent importance (permutation, drop in held-out R^2):")
+    if imp.note:
+        print(f"  not computed: {imp.note}")
+    else:
+        print(imp.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"held-out R^2: {imp.model} {imp.r2['ensemble_mean']:.3f} +- {imp.r2['ensemble_std']:.3f}, "
+              f"ridge {imp.r2['linear_mean']:.3f} +- {imp.r2['linear_std']:.3f}")
+    print(f"\nClusters: {result.n_clusters} (eigengap suggests {result.eigengap_k})")
+    for c, models, fams in members:
+        print(f"  cluster {c} ({len(models)}; {fams}): {', '.join(models)}")
+    if kappa_info:
+        print(f"\nError consistency: Spearman rho(kappa, SAT) = {kappa_info['spearman_rho']:.4f} "
+              f"over {kappa_info['n_pairs']} pairs")
+    print(f"\nResults in {out_dir} (report.md)")
