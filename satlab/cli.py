@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -24,9 +25,11 @@ def run(cfg: DictConfig) -> dict:
     from satlab.tasks import get_task
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|litlogger).*")
     import pytorch_lightning as pl
+
+    for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     return get_task(str(cfg.task.name))(cfg)

@@ -11,8 +11,10 @@ transfer rate relative to the most similar pair. The diagonal of W is 0; a NaN S
 samples) gives W = 0 and the largest distance.
 
 Clustering: the k leading eigenvectors of the symmetric normalised affinity D^-1/2 W D^-1/2 from a dense,
-deterministic eigensolver, rescaled by D^-1/2 (the random-walk embedding, as scikit-learn's SpectralClustering), then the CLUSTER_QR assignment (Damle et al., 2019), which has no random initialisation. The labels
-therefore do not depend on any seed. They are renumbered 0, 1, ... by first appearance in the matrix order.
+deterministic eigensolver, rescaled by D^-1/2 (the random-walk embedding, as scikit-learn's SpectralClustering
+does), then the CLUSTER_QR assignment (Damle et al., 2019), which has no random initialisation. The labels
+therefore do not depend on any seed (the result equals SpectralClustering(affinity="precomputed",
+assign_labels="cluster_qr") on W). They are renumbered 0, 1, ... by first appearance in the matrix order.
 Number of clusters: `n_clusters`, or the eigengap of the normalised Laplacian L = I - D^-1/2 W D^-1/2: the k in
 [2, max_clusters] that maximises lambda_{k+1} - lambda_k.
 """
@@ -58,7 +60,7 @@ def sat_affinity(sat: np.ndarray, kind: str = "gaussian") -> np.ndarray:
         weights = np.exp(sat - (finite.max() if finite.size else 0.0))
     else:
         raise ValueError(f"unknown affinity '{kind}'; choose one of {AFFINITIES}")
-    weights = np.where(np.isfinite(weights), weights, 0.0)
+    weights = np.where(np.isfinite(weights) & np.isfinite(sat), weights, 0.0)  # a NaN SAT links nothing
     weights = 0.5 * (weights + weights.T)
     np.fill_diagonal(weights, 0.0)
     return weights

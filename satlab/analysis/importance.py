@@ -106,7 +106,8 @@ def component_importance(
     ens_imp, lin_imp, ens_r2, lin_r2 = [], [], [], []
     for seed in seeds:
         X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=n_test, random_state=seed)
-        for est, imp, r2 in ((make_ensemble(model, seed, n_estimators), ens_imp, ens_r2), (make_linear(), lin_imp, lin_r2)):
+        fits = ((make_ensemble(model, seed, n_estimators), ens_imp, ens_r2), (make_linear(), lin_imp, lin_r2))
+        for est, imp, r2 in fits:
             est.fit(X_tr, y_tr)
             r2.append(est.score(X_te, y_te))
             result = permutation_importance(est, X_te, y_te, n_repeats=n_repeats, random_state=seed, n_jobs=1)

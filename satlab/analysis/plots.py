@@ -109,3 +109,24 @@ def plot_kappa_vs_sat(kappa: np.ndarray, sat: np.ndarray, rho: float, path: str 
     ax.set_ylabel("Cohen's kappa (clean errors)")
     ax.set_title(f"Error consistency vs SAT (Spearman rho = {rho:.3f})")
     return _save(fig, path)
+
+
+def plot_sat_heatmap(names: Sequence[str], sat: np.ndarray, path: str | os.PathLike, title: str = "SAT") -> Path:
+    """The SAT matrix as a heatmap in the given model order; values printed in the cells for small N."""
+    values = np.asarray(sat, dtype=float).copy()
+    np.fill_diagonal(values, np.nan)  # the diagonal (white-box success, ~ln 100) would swamp the colour scale
+    n = len(names)
+    size = min(max(4.0, 0.16 * n + 2.5), 16.0)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    im = ax.imshow(values, cmap="viridis", interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="SAT = ln(transfer %), diagonal hidden")
+    fontsize = max(3.0, min(9.0, 400.0 / max(n, 1)))
+    ax.set_xticks(range(n), list(names), rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(n), list(names), fontsize=fontsize)
+    if n <= 16:
+        for i in range(n):
+            for j in range(n):
+                if i != j and np.isfinite(values[i, j]):
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+    ax.set_title(title)
+    return _save(fig, path)

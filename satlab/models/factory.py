@@ -57,7 +57,7 @@ def model_key(spec: ModelSpec, seed: int) -> str:
         return f"ckpt:{spec.timm_name}:{file_hash(spec.checkpoint_path)}"
     if spec.pretrained:
         return f"pretrained:{spec.timm_name}"
-    return f"init:{spec.timm_name}:{stable_hash(dict(spec.model_args))}:{seed}"
+    return f"init:{spec.name}:{spec.timm_name}:{stable_hash(dict(spec.model_args))}:{seed}"
 
 
 def load_checkpoint(model: nn.Module, path: str, name: str) -> None:
@@ -68,11 +68,28 @@ def load_checkpoint(model: nn.Module, path: str, name: str) -> None:
     try:
         timm.models.load_checkpoint(model, str(file), strict=True)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise SatlabError(f"model '{name}': checkpoint '{file}' does not fit '{name}' ({first})") from None
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "size mismatch" in ln), lines[0] if lines else "")
+        classes = getattr(model, "num_classes", "?")
+        raise SatlabError(
+            f"model '{name}': checkpoint '{file}' does not fit the model built for the dataset's {classes} classes "
+            f"({detail[:200]}); a class-count mismatch means the checkpoint was trained on another dataset"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - an unreadable file: safetensors/pickle/zip errors are not RuntimeError
+        raise SatlabError(
+            f"model '{name}': checkpoint '{file}' could not be read ({type(err).__name__}: {str(err).strip()[:200]})"
+        ) from None
 
 
-def build_model(spec: ModelSpec, num_classes: int, seed: int = 0) -> PixelModel:
+def data_overrides(spec: ModelSpec, resolution: int) -> dict[str, Any]:
+    """Overrides of timm's data config from the spec's `input_size` (None keeps timm's)."""
+    if spec.input_size is None:
+        return {}
+    size = resolution if spec.input_size == "dataset" else int(spec.input_size)
+    return {"input_size": (3, size, size)}
+
+
+def build_model(spec: ModelSpec, num_classes: int, resolution: int, seed: int = 0) -> PixelModel:
     """A pretrained / checkpoint / randomly initialised timm model, wrapped to take [0,1] pixels, in eval mode.
 
     Pretrained models keep their own head; a class count different from the dataset's is an error.
@@ -88,4 +105,4 @@ def build_model(spec: ModelSpec, num_classes: int, seed: int = 0) -> PixelModel:
             "pick a dataset with the model's label space (e.g. dataset=imagenet for ImageNet weights) or a "
             "checkpoint trained on this dataset"
         )
-    return PixelModel.from_timm(model).eval()
+    return PixelModel.from_timm(model, data_overrides(spec, resolution)).eval()

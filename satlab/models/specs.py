@@ -43,6 +43,7 @@ class ModelSpec:
     components: Mapping[str, str] = field(default_factory=dict)
     train_seed: int | None = None  # set for models of a zoo trained by satlab
     train: Mapping[str, Any] = field(default_factory=dict)  # per-model overrides of the zoo's training config
+    input_size: int | str | None = None  # None: timm's data config; "dataset": the dataset's resolution; or N
     note: str = ""
 
 
@@ -92,6 +93,7 @@ def model_specs(model_set: Mapping[str, Any]) -> list[ModelSpec]:
                 components=components,
                 train_seed=entry.pop("train_seed", None),
                 train=dict(entry.pop("train", None) or {}),
+                input_size=entry.pop("input_size", model_set.get("input_size")),
                 note=str(entry.pop("note", "")),
             )
         )

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from satlab.models.factory import create_timm
+from satlab.models.factory import create_timm, data_overrides
 from satlab.models.specs import ModelSpec
 from satlab.models.wrapper import PixelModel
 from satlab.utils import SatlabError, atomic_path, stable_hash, write_json
@@ -94,9 +94,9 @@ def zoo_key(spec: ModelSpec, cfg: TrainConfig, dataset: str, resolution: int, nu
 
 
 def build_zoo_model(spec: ModelSpec, num_classes: int, resolution: int) -> PixelModel:
-    """The untrained architecture, wrapped to take pixels at the dataset resolution (no resize inside)."""
+    """The untrained architecture, wrapped to take pixels at the dataset resolution unless the spec says else."""
     model = create_timm(replace(spec, pretrained=False), num_classes, int(spec.train_seed or 0))
-    return PixelModel.from_timm(model, {"input_size": (3, resolution, resolution)})
+    return PixelModel.from_timm(model, data_overrides(replace(spec, input_size=spec.input_size or "dataset"), resolution))
 
 
 def evaluate_accuracy(model: PixelModel, data: Dataset, batch_size: int = 256) -> float:

@@ -160,7 +160,8 @@ def run(cfg: DictConfig) -> dict:
     figures = {
         "Component importance": plots.plot_importance(imp.table, out_dir / "importance.png",
                                                       f"Component importance ({imp.model})"),
-        "SAT sorted by cluster": plots.plot_cluster_heatmap(names, sat, result.labels, out_dir / "clusters_heatmap.png"),
+        "SAT sorted by cluster": plots.plot_cluster_heatmap(names, sat, result.labels,
+                                                            out_dir / "clusters_heatmap.png"),
         "Model map": plots.plot_model_map(names, coords, result.labels, out_dir / "model_map.png"),
         "Eigenvalues and eigengap": plots.plot_eigenvalues(result.eigenvalues, result.n_clusters, result.eigengap_k,
                                                            out_dir / "eigengap.png"),

@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
-from satlab.utils import stable_hash, write_json
+from satlab.utils import SatlabError, stable_hash, write_json
 
 _PACKAGES = ("satlab", "torch", "torchvision", "timm", "pytorch-lightning", "hydra-core", "omegaconf",
              "numpy", "scikit-learn", "wandb")
@@ -21,6 +24,22 @@ def output_dir(cfg: DictConfig) -> Path:
     path = Path(str(cfg.paths.output_dir))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def build(cfg: DictConfig, group: str) -> Any:
+    """Instantiate the `_target_` node `cfg.<group>`, turning the user's mistakes into one SatlabError."""
+    node = cfg[group]
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            raise SatlabError(f"{group}.{key} is required for {group}={node.get('name', '?')}: add {group}.{key}=...")
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, SatlabError):
+            raise err.__cause__ from None
+        raise SatlabError(f"{group}: {str(err.__cause__ or err).splitlines()[0]}") from None
+    except MissingMandatoryValue as err:
+        raise SatlabError(f"{group}: {err}".splitlines()[0]) from None
 
 
 def versions() -> dict[str, str]:

@@ -1,0 +1,125 @@
+"""task=sat (the main job): load or train the model set, run the SAT engine, write every output file.
+
+Outputs in the run dir: records.npz, sat_matrix.csv (the paper's format), transfer_rates.csv, models.csv,
+heatmap.png, summary.json; and a wandb run (offline by default) with config, accuracies, tables and artifacts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from satlab.analysis.plots import plot_sat_heatmap
+from satlab.models.loading import LoadedModel, load_models
+from satlab.models.specs import COMPONENTS, model_specs
+from satlab.sat import metric
+from satlab.sat.engine import compute_records
+from satlab.sat.records import save_records, write_matrix
+from satlab.tasks.common import build, output_dir, write_summary
+from satlab.tasks.tracking import start_tracking
+from satlab.utils import SatlabError, atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def models_table(loaded: list[LoadedModel], correct: np.ndarray, whitebox: np.ndarray) -> pd.DataFrame:
+    """models.csv: model, family, clean accuracy, white-box success, then the known components."""
+    rows = []
+    for i, item in enumerate(loaded):
+        row = {
+            "model": item.spec.name,
+            "family": item.spec.family,
+            "clean_accuracy": float(correct[i].mean()) if correct.shape[1] else float("nan"),
+            "whitebox_success": float(whitebox[i]),
+            "timm_name": item.spec.timm_name,
+        }
+        row.update({c: item.spec.components.get(c, "") for c in COMPONENTS})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Compute the SAT matrix of `cfg.model_set` on `cfg.dataset` under `cfg.attack`."""
+    params = cfg.sat
+    if not float(params.eps_s) > 0:
+        raise SatlabError(f"sat.eps_s must be > 0 (it floors the argument of the log), got {params.eps_s}")
+    out = output_dir(cfg)
+    timings: dict[str, float] = {}
+    specs = model_specs(cfg.model_set)
+    attack = build(cfg, "attack")
+    start = time.perf_counter()
+    data = build(cfg, "dataset")
+    timings["data"] = time.perf_counter() - start
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    start = time.perf_counter()
+    loaded = load_models(specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"), trainer_kwargs)
+    timings["models"] = time.perf_counter() - start
+    if len(data.eval) == 0:
+        raise SatlabError(f"dataset '{data.name}' has no evaluation images")
+
+    tracker = start_tracking(cfg, "sat", out)
+    start = time.perf_counter()
+    result = compute_records(
+        [m.model for m in loaded], [m.spec.name for m in loaded], [m.key for m in loaded], data.eval, attack,
+        seed=int(cfg.seed), batch_size=int(params.batch_size), num_workers=int(params.num_workers),
+        cache_dir=Path(cfg.paths.cache_dir) if params.resume else None, trainer_kwargs=trainer_kwargs,
+    )
+    timings["engine"] = time.perf_counter() - start
+    records = result.records
+    names = records.models
+    sat = metric.sat_matrix(records.correct, records.fooled, float(params.eps_s))
+    rates = metric.transfer_rates(records.correct, records.fooled)
+    table = models_table(loaded, records.correct, np.diagonal(rates))
+
+    save_records(out / "records.npz", records)
+    write_matrix(out / "sat_matrix.csv", names, sat)
+    write_matrix(out / "transfer_rates.csv", names, rates)
+    with atomic_path(out / "models.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    plot_sat_heatmap(names, sat, out / "heatmap.png", title=f"SAT: {cfg.model_set.name} on {data.name}, {attack.name}")
+    n_pairs = metric.joint_correct(records.correct)
+    summary = {
+        "models": names,
+        "samples": int(len(records.sample_ids)),
+        "attack": attack.describe(),
+        "clean_accuracy": dict(zip(names, table["clean_accuracy"].round(4).tolist())),
+        "whitebox_success": dict(zip(names, table["whitebox_success"].round(2).tolist())),
+        "min_joint_correct": int(n_pairs.min()),
+        "reused_sources": result.reused,
+        "zoo": {m.spec.name: m.info for m in loaded if m.info},
+    }
+    timings.update(result.timings)
+    write_summary(out, cfg, timings, **summary)
+
+    tracker.log({f"clean_accuracy/{k}": v for k, v in summary["clean_accuracy"].items()})
+    tracker.log({f"whitebox_success/{k}": v for k, v in summary["whitebox_success"].items()})
+    tracker.log_table("sat_matrix", pd.DataFrame(sat, index=names, columns=names))
+    tracker.log_table("transfer_rates", pd.DataFrame(rates, index=names, columns=names))
+    tracker.log_table("models", table.set_index("model"))
+    tracker.log_image("heatmap", out / "heatmap.png")
+    tracker.log_artifact("sat-records", "records", [out / f for f in (
+        "records.npz", "sat_matrix.csv", "transfer_rates.csv", "models.csv", "summary.json")])
+    tracker.summary({"timings_s": timings, "samples": summary["samples"]})
+    tracker.finish()
+
+    if params.get("print_table", True):
+        print_results(out, names, sat, table)
+    return summary
+
+
+def print_results(out: Path, names: list[str], sat: np.ndarray, table: pd.DataFrame) -> None:
+    """A short table on stdout: accuracy and white-box success per model, the matrix, where the files are."""
+    pd.set_option("display.width", 200)
+    print(table[["model", "family", "clean_accuracy", "whitebox_success"]].to_string(index=False, float_format="%.3f"))
+    weak = table[table["whitebox_success"] < 90]
+    if len(weak):
+        print(f"note: white-box success < 90% for {', '.join(weak['model'])}: the attack may be too weak "
+              "(raise attack.eps or attack.steps)")
+    print("\nSAT matrix (natural log; ln 100 = 4.605):")
+    print(pd.DataFrame(sat, index=names, columns=names).round(2).to_string())
+    print(f"\nresults in {out}")

@@ -1,0 +1,217 @@
+"""Unit tests of satlab.analysis: pair features, clustering, kappa, importance, summary stats and input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+from satlab.analysis import clustering as clu
+from satlab.analysis import consistency, features, importance, report
+from satlab.sat.records import read_matrix, write_matrix
+from satlab.utils import SatlabError
+
+
+# ---------------------------------------------------------------- features
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ReLU", {"relu"}),
+        ("ReLU + SiLU", {"relu", "silu"}),
+        ("  GeLU  +ReLU ", {"gelu", "relu"}),
+        ("Yes (Halo, BoT)", {"yes (halo)", "yes (bot)"}),
+        ("Yes (SE)", {"yes (se)"}),
+        ("~", {"n/a"}),
+        ("-", {"n/a"}),
+        ("", None),
+        (None, None),
+        (float("nan"), None),
+    ],
+)
+def test_parse_value(text, expected):
+    parsed = features.parse_value(text)
+    assert parsed == (None if expected is None else frozenset(expected))
+
+
+def test_overlap_of_multi_valued_entries():
+    p = features.parse_value
+    assert features.overlap(p("ReLU + SiLU"), p("ReLU")) == pytest.approx(0.5)
+    assert features.overlap(p("ReLU + SiLU"), p("silu + relu")) == 1.0
+    assert features.overlap(p("ReLU + SiLU + ReLU6"), p("GeLU + ReLU")) == pytest.approx(0.25)
+    assert features.overlap(p("Yes (Lambda, Halo, BoT)"), p("Yes (Halo)")) == pytest.approx(1 / 3)
+    assert features.overlap(p("~"), p("-")) == 1.0  # both "not applicable"
+    assert features.overlap(p("~"), p("Middle")) == 0.0
+
+
+@pytest.mark.parametrize(("text", "value"), [("224 x 224", 224.0), ("299x299", 299.0), ("256", 256.0),
+                                             ("224 x 256", float(np.sqrt(224 * 256))), ("~", None), ("", None)])
+def test_parse_resolution(text, value):
+    got = features.parse_resolution(text)
+    assert got == (None if value is None else pytest.approx(value))
+
+
+def _meta() -> dict[str, dict[str, str]]:
+    return {
+        "a": {"base_architecture": "CNN", "activation": "ReLU + SiLU", "input_resolution": "224 x 224",
+              "cw_attention_location": "~", "group_conv": "No", "dw_conv": "Yes"},
+        "b": {"base_architecture": "CNN", "activation": "ReLU", "input_resolution": "256 x 256",
+              "cw_attention_location": "Middle", "group_conv": "No"},
+        "c": {"base_architecture": "Transformer", "activation": "GeLU", "input_resolution": "224 x 224",
+              "cw_attention_location": "~", "group_conv": "No", "dw_conv": "No"},
+    }
+
+
+def test_component_table_drops_constant_and_unknown_components():
+    table, dropped = features.component_table(_meta(), ["a", "b", "c"])
+    assert list(table.columns) == ["base_architecture", "input_resolution", "activation", "cw_attention_location"]
+    assert dropped["group_conv"] == "the same for every model"
+    assert dropped["dw_conv"].startswith("unknown for 1 of 3 models (b)")
+    assert dropped["stem_layer"] == "unknown for every model"
+    assert set(dropped) | set(table.columns) == set(features.COMPONENTS)
+
+
+def test_pair_features_by_hand():
+    table, _ = features.component_table(_meta(), ["a", "b", "c"])
+    pairs = features.pair_features(table)
+    assert list(zip(pairs.model_a, pairs.model_b)) == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert pairs["base_architecture"].tolist() == [1.0, 0.0, 0.0]
+    assert pairs["activation"].tolist() == [0.5, 0.0, 0.0]
+    assert pairs["input_resolution"].tolist() == [32.0, 0.0, 32.0]
+    assert pairs["cw_attention_location"].tolist() == [0.0, 1.0, 0.0]  # "~" vs "~" counts as the same
+    sat = np.array([[4.6, 3.0, 2.0], [3.0, 4.6, 2.5], [2.0, 2.5, 4.6]])
+    assert features.pair_targets(sat).tolist() == [3.0, 2.0, 2.5]
+
+
+def test_resolve_metadata_prefers_catalog_then_models_csv_and_names_missing_models():
+    catalog = {"a": {"family": "fa", "components": {"base_architecture": "CNN"}}}
+    table = pd.DataFrame({"model": ["a", "b"], "family": ["x", ""], "base_architecture": ["MLP", "Transformer"]})
+    comps, fams, sources = features.resolve_metadata(["a", "b"], catalog, table)
+    assert comps == {"a": {"base_architecture": "CNN"}, "b": {"base_architecture": "Transformer"}}
+    assert fams == {"a": "fa", "b": "Transformer"}
+    assert sources == {"a": "model set catalog", "b": "models.csv"}
+    with pytest.raises(SatlabError, match=r"2 model\(s\) of the matrix have no component metadata: c, d"):
+        features.resolve_metadata(["a", "b", "c", "d"], catalog, table)
+
+
+# ---------------------------------------------------------------- clustering
+def block_matrix(sizes, seed=0, within=3.5, between=2.2, noise=0.15):
+    """A symmetric SAT-like matrix with known groups (shuffled order) and its true labels."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    perm = rng.permutation(len(truth))
+    truth = truth[perm]
+    base = np.where(truth[:, None] == truth[None, :], within, between)
+    noise_m = rng.normal(0, noise, base.shape)
+    sat = base + (noise_m + noise_m.T) / 2
+    np.fill_diagonal(sat, np.log(100))
+    return sat, truth
+
+
+def same_partition(a, b) -> bool:
+    pairs = {(int(x), int(y)) for x, y in zip(a, b)}
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+@pytest.mark.parametrize("affinity", clu.AFFINITIES)
+def test_spectral_clustering_recovers_known_blocks(affinity):
+    sat, truth = block_matrix([5, 7, 4, 6])
+    result = clu.spectral_clusters(sat, affinity=affinity)
+    assert result.eigengap_k == 4 and result.n_clusters == 4
+    assert same_partition(result.labels, truth)
+    assert result.labels[0] == 0 and clu.canonical_labels(result.labels).tolist() == result.labels.tolist()
+    fixed = clu.spectral_clusters(sat, n_clusters=4, affinity=affinity)
+    assert fixed.labels.tolist() == result.labels.tolist()
+
+
+def test_clusters_do_not_depend_on_seed_or_global_rng():
+    sat, _ = block_matrix([6, 6, 6], seed=3, noise=0.4)
+    runs = []
+    for seed in (0, 1, 123):
+        np.random.seed(seed)
+        runs.append(clu.spectral_clusters(sat, n_clusters=3).labels.tolist())
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_nan_and_isolated_models_are_handled():
+    sat, truth = block_matrix([4, 4])
+    sat[0, 1] = sat[1, 0] = np.nan
+    result = clu.spectral_clusters(sat, n_clusters=2)
+    assert same_partition(result.labels, truth)
+    weights = clu.sat_affinity(sat)
+    assert weights[0, 1] == 0 and np.all(np.diag(weights) == 0) and np.allclose(weights, weights.T)
+    with pytest.raises(ValueError, match="n_clusters"):
+        clu.spectral_clusters(sat, n_clusters=9)
+
+
+def test_eigengap_and_mds():
+    assert clu.eigengap(np.array([0.0, 0.0, 0.0, 0.9, 0.95, 1.0]), max_clusters=5) == 3
+    points = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0], [3.0, 4.0]])
+    dist = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    coords = clu.classical_mds(dist)
+    assert np.allclose(np.linalg.norm(coords[:, None] - coords[None], axis=-1), dist)
+    assert np.array_equal(coords, clu.classical_mds(dist))
+
+
+# ---------------------------------------------------------------- kappa, importance, summary
+def test_kappa_matches_sklearn_and_correlates():
+    rng = np.random.default_rng(0)
+    correct = rng.random((4, 200)) < np.array([[0.9], [0.8], [0.7], [0.6]])
+    kappa = consistency.kappa_matrix(correct)
+    for i in range(4):
+        for j in range(4):
+            assert kappa[i, j] == pytest.approx(cohen_kappa_score(correct[i], correct[j]))
+    assert np.isnan(consistency.kappa_matrix(np.ones((2, 5), bool))[0, 1])
+    corr = consistency.kappa_sat_correlation(kappa, kappa * 2 + 1)
+    assert corr["spearman_rho"] == pytest.approx(1.0) and corr["n_pairs"] == 6
+    assert consistency.align(["x", "b", "a"], ["a", "b", "c"]) == (["a", "b"], pytest.approx([2, 1]))
+
+
+def test_importance_finds_the_informative_component():
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"signal": rng.integers(0, 2, 300).astype(float), "noise": rng.random(300)})
+    y = 2.0 * X["signal"].to_numpy() + rng.normal(0, 0.1, 300)
+    res = importance.component_importance(X, y, seeds=[0, 1], n_repeats=3, n_estimators=50)
+    assert res.table["component"].tolist() == ["signal", "noise"]
+    assert list(res.table.columns) == list(importance.TABLE_COLUMNS)
+    assert res.table["rank"].tolist() == [1, 2] and res.r2["ensemble_mean"] > 0.9 and res.r2["linear_mean"] > 0.9
+    again = importance.component_importance(X, y, seeds=[0, 1], n_repeats=3, n_estimators=50)
+    pd.testing.assert_frame_equal(res.table, again.table)
+    few = importance.component_importance(X.head(4), y[:4], seeds=[0])
+    assert few.note and few.table.empty
+    assert importance.component_importance(X[[]], y, seeds=[0]).note
+
+
+def test_matrix_summary():
+    sat = np.array([[4.6, 3.0, 2.0], [3.0, 4.6, 2.5], [2.0, 2.5, 4.6]])
+    stats = report.matrix_summary(["a", "b", "c"], sat, top=1)
+    assert stats["median"] == 2.5 and stats["n_pairs"] == 3
+    assert stats["most_similar"] == [{"a": "a", "b": "b", "sat": 3.0}]
+    assert stats["least_similar"] == [{"a": "a", "b": "c", "sat": 2.0}]
+
+
+# ---------------------------------------------------------------- bad input at the reader
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (",a,b,c\na,1,2,3\nb,2,1,3\n", "not square"),
+        (",a,b\na,4.6,2.0\nb,3.0,4.6\n", "not symmetric"),
+        (",a,b\na,4.6,oops\nb,2.0,4.6\n", r"cell \(a, b\) is 'oops', not a number"),
+        (",a,b\nb,4.6,2.0\na,2.0,4.6\n", "row 1 is 'b' but column 1 is 'a'"),
+    ],
+)
+def test_bad_matrix_is_one_clear_error(tmp_path, text, problem):
+    with pytest.raises(SatlabError, match=problem) as err:
+        read_matrix(_write(tmp_path / "m.csv", text), symmetric_tol=1e-6)
+    assert "\n" not in str(err.value)
+
+
+def test_write_read_roundtrip(tmp_path):
+    sat, _ = block_matrix([2, 2])
+    names, values = read_matrix(write_matrix(tmp_path / "m.csv", list("abcd"), sat), symmetric_tol=1e-9)
+    assert names == list("abcd") and np.allclose(values, sat)

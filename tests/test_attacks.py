@@ -1,0 +1,306 @@
+"""The attacks against torchattacks as an oracle, plus budgets, 8-bit quantization, seeding and config errors.
+
+One small random timm model (float32, eval mode, seeded) on random 8-bit images; labels are the model's own
+clean predictions, so every image starts correctly classified and each attack has something to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torchattacks
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from satlab.attacks import Attack, create_attack, list_attacks
+from satlab.models.wrapper import PixelModel
+from satlab.utils import SatlabError
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "attack"
+B = 16  # a power of two: the mean-reduced loss of torchattacks is then our summed loss scaled exactly by 1/B
+LINF_ATTACKS = ("pgd_linf", "fgsm", "mifgsm")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """2 shared cores: one intra-op thread is ~50x faster here than two threads fighting other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> PixelModel:
+    """A random ConvNeXt (test_resnet's random init predicts one class for every input; this one does not)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        inner = timm.create_model("test_convnext", num_classes=10)
+    net = PixelModel.from_timm(inner, {"input_size": (3, 32, 32)}).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+@pytest.fixture(scope="module")
+def data(model):
+    """x [B,3,32,32] on 8-bit levels in [0,1]; y the model's clean predictions."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (B, 3, 32, 32), generator=gen).float() / 255
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    assert len(set(y.tolist())) >= 3, "the random model should not predict one class for everything"
+    return x, y
+
+
+def predict(model, x):
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+# --- torchattacks as the oracle ------------------------------------------------------------------------------
+# Without random start and quantization both implementations run the same arithmetic except for the loss
+# reduction (ours: sum; torchattacks: mean). With B a power of two the two gradients differ by an exact factor
+# of B, so sign() agrees bit for bit (observed: 0.0 max difference for PGD-Linf, FGSM and MI-FGSM, also at
+# B=12). A tie at a near-zero gradient could still flip one sign and move a pixel by one step, hence the
+# tolerance: >= 99.9% of pixels within 1e-6 and every pixel within one step (two for MI-FGSM, whose momentum
+# carries a flipped sign into the next step). PGD-L2 has no sign: the only differences are the 1e-10 / 1e-12
+# guards in the divisions by norms, observed <= 2.4e-7 (2 float32 ulps at 1.0), so all pixels within 1e-6.
+
+EPS = 1 / 255  # small enough that not every image is fooled, so the fooling-rate comparison means something
+ALPHA = EPS / 4
+STEPS = 10
+EPS_L2 = 0.25
+
+
+def oracle_pairs(model):
+    return {
+        "pgd_linf": (
+            create_attack("pgd_linf", eps=EPS, step_size=ALPHA, steps=STEPS, random_start=False, quantize=False),
+            torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=STEPS, random_start=False),
+            ALPHA,
+        ),
+        "pgd_l2": (
+            create_attack("pgd_l2", eps=EPS_L2, step_size=EPS_L2 / 4, steps=STEPS, random_start=False, quantize=False),
+            torchattacks.PGDL2(model, eps=EPS_L2, alpha=EPS_L2 / 4, steps=STEPS, random_start=False),
+            EPS_L2 / 4,
+        ),
+        "fgsm": (create_attack("fgsm", eps=EPS, quantize=False), torchattacks.FGSM(model, eps=EPS), EPS),
+        "mifgsm": (
+            create_attack("mifgsm", eps=EPS, step_size=ALPHA, steps=STEPS, quantize=False),
+            torchattacks.MIFGSM(model, eps=EPS, alpha=ALPHA, steps=STEPS, decay=1.0),
+            2 * ALPHA,
+        ),
+    }
+
+
+@pytest.mark.parametrize("batch", [B, 12])
+@pytest.mark.parametrize("name", ["pgd_linf", "pgd_l2", "fgsm", "mifgsm"])
+def test_matches_torchattacks(model, data, name, batch):
+    x, y = data[0][:batch], data[1][:batch]
+    ours, theirs, step = oracle_pairs(model)[name]
+    x_ours = ours(model, x, y)
+    x_theirs = theirs(x, y)
+    assert x_ours.shape == x_theirs.shape == x.shape
+    assert not torch.equal(x_ours, x), "the attack must move the images"
+    diff = (x_ours - x_theirs).abs()
+    if name == "pgd_l2":
+        assert diff.max().item() <= 1e-6, diff.max().item()
+    else:
+        assert (diff <= 1e-6).float().mean().item() >= 0.999, (diff > 1e-6).sum().item()
+        assert diff.max().item() <= step + 1e-6, diff.max().item()
+    fooled_ours = (predict(model, x_ours) != y).sum().item()
+    fooled_theirs = (predict(model, x_theirs) != y).sum().item()
+    assert abs(fooled_ours - fooled_theirs) <= 1, (fooled_ours, fooled_theirs)
+    assert fooled_ours > 0
+
+
+def test_fooling_rate_is_partial_at_small_budget(model, data):
+    """Guards the meaning of the oracle comparison: at eps=1/255 FGSM fools some but not all images."""
+    x, y = data
+    ours, _, _ = oracle_pairs(model)["fgsm"]
+    fooled = (predict(model, ours(model, x, y)) != y).sum().item()
+    assert 0 < fooled < len(x)
+
+
+# --- budgets, range, quantization -----------------------------------------------------------------------------
+
+
+def _attack(name: str, quantize: bool, **kw) -> Attack:
+    eps = kw.pop("eps", 2.0 if name == "pgd_l2" else 8 / 255)
+    return create_attack(name, eps=eps, steps=kw.pop("steps", 5), quantize=quantize, **kw)
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+@pytest.mark.parametrize("name", ["pgd_linf", "pgd_l2", "fgsm", "mifgsm"])
+def test_budget_and_range(model, data, name, quantize):
+    x, y = data
+    attack = _attack(name, quantize)
+    x_adv = attack(model, x, y, torch.arange(len(x)))
+    assert x_adv.dtype == x.dtype and x_adv.shape == x.shape and not x_adv.requires_grad
+    assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
+    delta = x_adv - x
+    if name in LINF_ATTACKS:
+        assert delta.abs().max().item() <= attack.eps + 1e-6
+        assert delta.abs().max().item() >= attack.eps - 1e-6, "a signed-gradient step should reach the budget"
+    else:
+        norms = delta.flatten(1).norm(dim=1)
+        assert norms.max().item() <= attack.eps + 1e-5, norms.max().item()
+        assert norms.max().item() > attack.eps / 2
+    if quantize:
+        # on 8-bit levels exactly: the same floats as uint8 / 255
+        levels = torch.round(x_adv * 255)
+        assert torch.equal(x_adv, levels / 255)
+        if name in LINF_ATTACKS:  # eps = 8/255 and x on 8-bit levels: within the budget exactly, in levels
+            assert (levels - torch.round(x * 255)).abs().max().item() <= 8
+
+
+def test_quantized_linf_with_budget_off_the_grid_stays_within_budget(model, data):
+    """eps = 0.03 is 7.65 levels: the quantized image steps back to 7 levels rather than leaving the budget."""
+    x, y = data
+    x_adv = _attack("pgd_linf", True, eps=0.03)(model, x, y)
+    assert torch.equal(x_adv, torch.round(x_adv * 255) / 255)
+    assert (torch.round(x_adv * 255) - torch.round(x * 255)).abs().max().item() == 7
+    assert (x_adv - x).abs().max().item() <= 0.03
+
+
+def test_zero_budget_returns_the_input(model, data):
+    x, y = data
+    for name in list_attacks():
+        assert torch.equal(create_attack(name, eps=0.0)(model, x, y), x)
+
+
+# --- per-sample random start ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["pgd_linf", "pgd_l2"])
+def test_random_start_is_per_sample(model, data, name):
+    """A sample's adversarial example depends on its seed, not on the batch around it.
+
+    Unquantized: batched conv numerics may differ from B=1 by float rounding (observed <= 1.8e-7 for L2, 0 for
+    Linf), so 1e-5. Quantized: observed identical; allow one level on at most 0.1% of pixels, since a 1e-7
+    difference can in principle sit on a rounding boundary.
+    """
+    x, y = data
+    seeds = torch.arange(100, 100 + len(x))
+    for quantize in (False, True):
+        attack = _attack(name, quantize)
+        assert attack.random_start
+        batch = attack(model, x, y, seeds)
+        for i in (0, 5, len(x) - 1):
+            alone = attack(model, x[i : i + 1], y[i : i + 1], seeds[i : i + 1])[0]
+            diff = (alone - batch[i]).abs()
+            if quantize:
+                assert diff.max().item() <= 1 / 255 + 1e-6
+                assert (diff > 0).float().mean().item() <= 0.001
+            else:
+                assert diff.max().item() <= 1e-5, diff.max().item()
+        # the same seeds reproduce the batch; other seeds start elsewhere
+        assert torch.equal(attack(model, x, y, seeds), batch)
+        other = attack(model, x, y, seeds + 1000)
+        assert (other - batch).abs().flatten(1).amax(1).min().item() > 0
+
+
+def test_random_start_noise_depends_only_on_seed():
+    attack = create_attack("pgd_linf", eps=8 / 255)
+    x = torch.full((3, 3, 8, 8), 0.5)
+    a = attack._random_start(x, torch.tensor([7, 8, 9]))
+    b = attack._random_start(x[:1], torch.tensor([7]))
+    assert torch.equal(a[:1], b)
+    assert not torch.equal(a[0], a[1])
+    assert (a - x).abs().max().item() <= 8 / 255 + 1e-7
+
+
+# --- white-box success -----------------------------------------------------------------------------------------
+
+
+def test_pgd_white_box_success_at_32(model, data):
+    """The config default (eps=32/255, 10 steps, random start, quantized) fools >= 90% (observed 100%)."""
+    x, y = data
+    attack = instantiate(OmegaConf.load(CONF / "pgd_linf.yaml"))
+    assert attack.eps == pytest.approx(32 / 255)
+    correct = predict(model, x) == y
+    assert correct.all()
+    fooled = predict(model, attack(model, x, y, torch.arange(len(x)))) != y
+    assert fooled[correct].float().mean().item() >= 0.9
+
+
+# --- bad parameters ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "match"),
+    [
+        ("pgd_linf", {"eps": -1}, r"attack\.eps must be >= 0"),
+        ("pgd_linf", {"eps": float("nan")}, r"attack\.eps must be >= 0"),
+        ("pgd_linf", {"steps": 0}, r"attack\.steps must be >= 1"),
+        ("pgd_linf", {"norm": "l3"}, r"attack\.norm must be one of .*linf.*l2.*'l3'"),
+        ("pgd_linf", {"loss": "hinge"}, r"attack\.loss must be one of"),
+        ("pgd_linf", {"step_size": 0}, r"attack\.step_size must be > 0"),
+        ("mifgsm", {"momentum": -0.5}, r"attack\.momentum must be >= 0"),
+        ("pgd_linf", {"eps": "abc"}, r"attack\.eps must be a number, got 'abc'"),
+        ("fgsm", {"eps": "8/255"}, r"attack\.eps must be a number, got '8/255'"),
+        ("pgd_linf", {"steps": "ten"}, r"attack\.steps must be a number, got 'ten'"),
+        ("pgd_linf", {"steps": 2.5}, r"attack\.steps must be a whole number"),
+    ],
+)
+def test_bad_params_raise(name, kwargs, match):
+    with pytest.raises(SatlabError, match=match):
+        create_attack(name, **kwargs)
+
+
+def test_unknown_attack_suggests_close_name():
+    with pytest.raises(SatlabError, match=r"unknown attack 'pgd_lin'.*did you mean pgd_linf") as err:
+        create_attack("pgd_lin")
+    assert all(name in str(err.value) for name in list_attacks())
+    with pytest.raises(SatlabError, match=r"unknown attack 'cw'; choose one of fgsm, mifgsm, pgd_l2, pgd_linf$"):
+        create_attack("cw")
+
+
+def test_numeric_strings_are_accepted():
+    attack = create_attack("pgd_linf", eps="0.0313725", steps="7", step_size=None)
+    assert attack.eps == pytest.approx(0.0313725) and attack.steps == 7 and attack.alpha == pytest.approx(0.0313725 / 4)
+
+
+# --- configs ------------------------------------------------------------------------------------------------------
+
+EXPECTED = {
+    "pgd_linf": dict(norm="linf", steps=10, random_start=True, momentum=0.0, eps=32 / 255, alpha=8 / 255),
+    "pgd_l2": dict(norm="l2", steps=10, random_start=True, momentum=0.0, eps=2.0, alpha=0.5),
+    "fgsm": dict(norm="linf", steps=1, random_start=False, momentum=0.0, eps=32 / 255, alpha=32 / 255),
+    "mifgsm": dict(norm="linf", steps=10, random_start=False, momentum=1.0, eps=32 / 255, alpha=8 / 255),
+}
+
+
+def test_every_attack_config_instantiates():
+    paths = sorted(CONF.glob("*.yaml"))
+    assert {p.stem for p in paths} >= set(EXPECTED)
+    for path in paths:
+        attack = instantiate(OmegaConf.load(path))
+        assert isinstance(attack, Attack), path
+        assert attack.name == path.stem and attack.name in list_attacks()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_attack_config_values(name):
+    attack = instantiate(OmegaConf.load(CONF / f"{name}.yaml"))
+    want = EXPECTED[name]
+    assert attack.name == name
+    assert attack.norm == want["norm"] and attack.steps == want["steps"]
+    assert attack.random_start is want["random_start"] and attack.momentum == want["momentum"]
+    assert attack.eps == pytest.approx(want["eps"]) and attack.alpha == pytest.approx(want["alpha"])
+    assert attack.quantize is True and attack.loss == "ce"
+    assert attack.describe()["alpha"] == pytest.approx(want["alpha"])
+
+
+def test_fgsm_is_one_step_of_size_eps(model, data):
+    x, y = data
+    attack = create_attack("fgsm", eps=4 / 255, quantize=False)
+    assert attack.steps == 1 and attack.alpha == attack.eps
+    x_adv = attack(model, x, y)
+    moved = (x_adv - x).abs()
+    interior = (x > 4 / 255) & (x < 1 - 4 / 255)  # pixels the [0,1] clamp cannot cut
+    assert torch.allclose(moved[interior], torch.full_like(moved[interior], 4 / 255), atol=1e-6)
