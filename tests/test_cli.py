@@ -46,9 +46,16 @@ def test_every_config_option_composes(group, tmp_path):
     for option in options:
         cfg = compose_cfg([f"{group}={option}"], tmp_path)
         assert cfg[group] is not None
-    experiments = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-    for exp in experiments:
-        assert compose_cfg([f"+experiment={exp}"], tmp_path) is not None
+
+
+
+def test_experiment_presets(tmp_path):
+    assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) == ["paper69_imagenet", "smoke"]
+    paper = compose_cfg(["experiment=paper69_imagenet", "dataset.root=/data/val"], tmp_path)
+    assert paper.dataset.name == "imagenet" and paper.dataset.samples_per_class == 5
+    assert len(paper.model_set.models) == 68 and "gluon_xception65" not in paper.model_set.models
+    smoke = compose_cfg(["experiment=smoke"], tmp_path)
+    assert (smoke.model_set.name, smoke.attack.name, smoke.logger.name) == ("timm_tiny", "fgsm", "none")
 
 
 def test_default_config_is_the_main_job(tmp_path):

@@ -5,9 +5,9 @@ timm's MLP-Mixer family entrypoints (mixer_*, resmlp_*, convmixer_*) hard-code p
 timm's own classes, so `timm.create_model('mixer_digits_p4')` works (keyword arguments still override the
 defaults here). Importing it only registers the names below; it has no other side effect.
 
-    mixer_digits_p4     MLP-Mixer (timm MlpMixer): 4x4 patches, 4 blocks, width 128
-    resmlp_digits_p4    ResMLP (timm MlpMixer + ResBlock + Affine): 4x4 patches, 4 blocks, width 128
-    convmixer_digits_p2 ConvMixer (timm ConvMixer): 2x2 patches, 4 blocks, width 128, 5x5 depthwise
+    mixer_digits_p4     MLP-Mixer (timm MlpMixer): 4x4 patches, 4 blocks, width 64
+    resmlp_digits_p4    ResMLP (timm MlpMixer + ResBlock + Affine): 4x4 patches, 4 blocks, width 64
+    convmixer_digits_p2 ConvMixer (timm ConvMixer): 2x2 patches, 4 blocks, width 64, 5x5 depthwise
 """
 
 from __future__ import annotations
@@ -60,23 +60,23 @@ def _mixer(variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: dic
 
 @register_model
 def mixer_digits_p4(pretrained: bool = False, **kwargs: Any) -> MlpMixer:
-    """MLP-Mixer for 32x32 digits: 4x4 patches (64 tokens), 4 Mixer blocks, width 128."""
-    defaults = dict(img_size=32, patch_size=4, num_blocks=4, embed_dim=128, mlp_ratio=(0.5, 4.0))
+    """MLP-Mixer for 32x32 digits: 4x4 patches (64 tokens), 4 Mixer blocks, width 64."""
+    defaults = dict(img_size=32, patch_size=4, num_blocks=4, embed_dim=64, mlp_ratio=(0.5, 4.0))
     return _mixer("mixer_digits_p4", pretrained, defaults, kwargs)
 
 
 @register_model
 def resmlp_digits_p4(pretrained: bool = False, **kwargs: Any) -> MlpMixer:
-    """ResMLP for 32x32 digits: 4x4 patches, 4 ResMLP blocks (Affine norm), width 128."""
+    """ResMLP for 32x32 digits: 4x4 patches, 4 ResMLP blocks (Affine norm), width 64."""
     defaults = dict(
-        img_size=32, patch_size=4, num_blocks=4, embed_dim=128, mlp_ratio=4, block_layer=ResBlock, norm_layer=Affine
+        img_size=32, patch_size=4, num_blocks=4, embed_dim=64, mlp_ratio=4, block_layer=ResBlock, norm_layer=Affine
     )
     return _mixer("resmlp_digits_p4", pretrained, defaults, kwargs)
 
 
 @register_model
 def convmixer_digits_p2(pretrained: bool = False, **kwargs: Any) -> ConvMixer:
-    """ConvMixer for 32x32 digits: 2x2 patches (16x16 map), 4 blocks, width 128, 5x5 depthwise kernels."""
+    """ConvMixer for 32x32 digits: 2x2 patches (16x16 map), 4 blocks, width 64, 5x5 depthwise kernels."""
     kwargs.pop("out_indices", None)
-    defaults = dict(dim=128, depth=4, kernel_size=5, patch_size=2)
+    defaults = dict(dim=64, depth=4, kernel_size=5, patch_size=2)
     return build_model_with_cfg(ConvMixer, "convmixer_digits_p2", pretrained, **{**defaults, **kwargs})

@@ -31,6 +31,9 @@ from satlab.utils import atomic_path, stable_hash
 
 log = logging.getLogger(__name__)
 
+# Part of every cache key: bump it when a change to attacks or the engine changes what a record holds.
+RECORDS_VERSION = 2
+
 
 def sample_seeds(seed: int, source: str, sample_ids: torch.Tensor) -> torch.Tensor:
     """Per-sample random-start seeds: a function of (run seed, source model, sample id) only."""
@@ -145,7 +148,8 @@ def compute_records(
     ids_hash = stable_hash(ids.tolist())
     reused = []
     for src in range(n):
-        key = stable_hash({"model": model_keys[src], "attack": attack.describe(), "ids": ids_hash, "seed": seed})
+        key = stable_hash({"model": model_keys[src], "attack": attack.describe(), "ids": ids_hash, "seed": seed,
+                           "version": RECORDS_VERSION})
         path = Path(cache_dir) / "records" / f"{names[src]}-{key}.npz" if cache_dir else None
         row = _load_row(path, model_keys)
         if row is not None:

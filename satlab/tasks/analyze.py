@@ -116,8 +116,8 @@ def run(cfg: DictConfig) -> dict:
     out_dir = output_dir(cfg)
     matrix_path = find_matrix(acfg.get("matrix"), out_dir)
     names, sat = read_matrix(matrix_path, symmetric_tol=float(acfg.symmetric_tol))
-    if len(names) < 3:
-        raise SatlabError(f"matrix '{matrix_path}' has {len(names)} models; the analysis needs at least 3")
+    if len(names) < 2:
+        raise SatlabError(f"matrix '{matrix_path}' has {len(names)} model(s); the analysis needs at least 2")
     sat = features.symmetrize(sat)
     _check_options(acfg, len(names))
     components, families, sources = load_metadata(cfg, names, matrix_path)

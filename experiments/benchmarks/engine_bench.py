@@ -1,0 +1,185 @@
+"""Benchmark of the SAT engine, in one run on the same model set and inputs. Prints a markdown table.
+
+1. the engine (N attacks + N^2 forward passes on X_AB) vs the naive pairwise loop (a torchattacks PGD run for
+   every ordered pair on X_AB), with the ratio;
+2. one PGD attack vs bare `steps x (forward + backward)` of the same model (target <= 1.15x) and vs
+   torchattacks.PGD (target <= 1.0x);
+3. the engine's peak memory at S and 4S samples (each in a fresh process).
+
+    python experiments/benchmarks/engine_bench.py                  # digits zoo (trains it once if not cached)
+    python experiments/benchmarks/engine_bench.py --model-set timm_tiny --samples-per-class 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+warnings.filterwarnings("ignore")
+for _name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning.pytorch", "lightning_fabric"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+
+def setup(model_set: str, samples_per_class: int, device: str):
+    """The models, eval data and attack, exactly as `satlab model_set=... dataset.samples_per_class=...` builds them."""
+    from satlab.models.loading import load_models
+    from satlab.models.specs import model_specs
+    from satlab.tasks.common import build
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model_set={model_set}", f"dataset.samples_per_class={samples_per_class}",
+                                           "paths.output_dir=/tmp/satlab-bench", "logger=none"])
+    data = build(cfg, "dataset")
+    quiet = {"accelerator": "cpu" if device == "cpu" else "gpu", "enable_progress_bar": False}
+    loaded = load_models(model_specs(cfg.model_set), data, int(cfg.seed), cfg.paths.cache_dir,
+                         cfg.model_set.get("train"), quiet)
+    return cfg, data, loaded, build(cfg, "attack"), quiet
+
+
+def timed(fn, repeats: int = 3) -> float:
+    """Median wall time of `fn()` in seconds (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_attack(model, x, y, attack) -> dict[str, float]:
+    """Our PGD vs bare steps x (forward + backward) vs torchattacks.PGD, same model, inputs, budget, steps."""
+    import torchattacks
+
+    def bare() -> None:
+        xa = x.clone()
+        for _ in range(attack.steps):
+            xa.requires_grad_(True)
+            (g,) = torch.autograd.grad(F.cross_entropy(model(xa), y, reduction="sum"), xa)
+            xa = xa.detach() + g.sign()
+
+    ta = torchattacks.PGD(model, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, random_start=True)
+    seeds = torch.arange(len(x))
+    return {
+        "ours": timed(lambda: attack(model, x, y, seeds)),
+        "bare": timed(bare),
+        "torchattacks": timed(lambda: ta(x, y)),
+    }
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_memory(model_set: str, samples_per_class: int, device: str) -> dict[str, float]:
+    """Run the engine in this process; its peak resident memory above what it was just before (MiB)."""
+    import threading
+
+    from satlab.sat.engine import compute_records
+
+    cfg, data, loaded, attack, quiet = setup(model_set, samples_per_class, device)
+    before, peak, done = _rss_mib(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    compute_records([m.model for m in loaded], [m.spec.name for m in loaded], [m.key for m in loaded], data.eval,
+                    attack, batch_size=int(cfg.sat.batch_size), trainer_kwargs=quiet)
+    done.set()
+    sampler.join()
+    out = {"samples": len(data.eval), "rss": max(peak[0], _rss_mib()) - before}
+    if device == "cuda":
+        out["cuda"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-set", default="digits_zoo")
+    parser.add_argument("--samples-per-class", type=int, default=10)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_only:
+        print(json.dumps(peak_memory(args.model_set, args.samples_per_class, args.device)))
+        return
+
+    import torchattacks
+
+    from satlab.sat.engine import compute_records
+    from satlab.sat.metric import whitebox_success
+    from satlab.sat.reference import pairwise_records
+
+    cfg, data, loaded, attack, quiet = setup(args.model_set, args.samples_per_class, args.device)
+    models, names = [m.model.to(args.device) for m in loaded], [m.spec.name for m in loaded]
+    n, s = len(models), len(data.eval)
+    print(f"# satlab engine benchmark: {args.model_set}, {n} models, {s} samples, {attack.name} "
+          f"eps={attack.eps:.4f} steps={attack.steps}, device={args.device}, torch threads={torch.get_num_threads()}\n")
+
+    start = time.perf_counter()
+    rec = compute_records(models, names, [m.key for m in loaded], data.eval, attack,
+                          batch_size=int(cfg.sat.batch_size), trainer_kwargs=quiet).records
+    t_engine = time.perf_counter() - start
+
+    def ta_attack(model, x, y, seeds):
+        return torchattacks.PGD(model, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, random_start=True)(x, y)
+
+    start = time.perf_counter()
+    pairwise_records(models, names, data.eval, ta_attack, batch_size=int(cfg.sat.batch_size))
+    t_naive = time.perf_counter() - start
+
+    x, y, _ = next(iter(torch.utils.data.DataLoader(data.eval, batch_size=int(cfg.sat.batch_size))))
+    x, y = x.to(args.device), y.to(args.device)
+    first = models[0]
+    atk = bench_attack(first, x, y, attack)
+
+    mem = []
+    for spc in (args.samples_per_class, 4 * args.samples_per_class):
+        done = subprocess.run([sys.executable, __file__, "--memory-only", "--model-set", args.model_set,
+                               "--samples-per-class", str(spc), "--device", args.device],
+                              capture_output=True, text=True, check=True)
+        mem.append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    print("| measurement | satlab | baseline | ratio (satlab / baseline) | target |")
+    print("|---|---|---|---|---|")
+    print(f"| full SAT map, {n} models x {s} samples | engine {t_engine:.1f} s | naive pairwise loop "
+          f"({n * (n - 1) + n} torchattacks PGD runs) {t_naive:.1f} s | {t_engine / t_naive:.3f} | < 1 |")
+    print(f"| one PGD attack ({names[0]}, batch {len(x)}, {attack.steps} steps) | {atk['ours'] * 1e3:.1f} ms | "
+          f"bare steps x (fwd+bwd) {atk['bare'] * 1e3:.1f} ms | {atk['ours'] / atk['bare']:.3f} | <= 1.15 |")
+    print(f"| same attack | {atk['ours'] * 1e3:.1f} ms | torchattacks.PGD {atk['torchattacks'] * 1e3:.1f} ms | "
+          f"{atk['ours'] / atk['torchattacks']:.3f} | <= 1.0 |")
+    for key in ("rss", "cuda"):
+        if key in mem[0]:
+            a, b = mem[0][key], mem[1][key]
+            print(f"| engine peak memory ({key}, above the loaded models) | S={mem[0]['samples']}: {a:.0f} MiB | "
+                  f"4S={mem[1]['samples']}: {b:.0f} MiB | {b / max(a, 1e-9):.2f} (4S / S) | ~1 |")
+    success = whitebox_success(rec.correct, rec.fooled)
+    print("\nwhite-box success per model (%): " + ", ".join(f"{nm} {v:.0f}" for nm, v in zip(names, success)))
+
+
+if __name__ == "__main__":
+    main()
