@@ -33,7 +33,7 @@ for _name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lig
     logging.getLogger(_name).setLevel(logging.ERROR)
 
 
-def setup(model_set: str, samples_per_class: int, device: str):
+def setup(model_set: str, samples_per_class: int, device: str, batch_size: int):
     """The models, eval data and attack, exactly as `satlab model_set=... dataset.samples_per_class=...` builds them."""
     from satlab.models.loading import load_models
     from satlab.models.specs import model_specs
@@ -41,7 +41,8 @@ def setup(model_set: str, samples_per_class: int, device: str):
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"model_set={model_set}", f"dataset.samples_per_class={samples_per_class}",
-                                           "paths.output_dir=/tmp/satlab-bench", "logger=none"])
+                                           "paths.output_dir=/tmp/satlab-bench", "logger=none",
+                                           f"sat.batch_size={batch_size}"])
     data = build(cfg, "dataset")
     quiet = {"accelerator": "cpu" if device == "cpu" else "gpu", "enable_progress_bar": False}
     loaded = load_models(model_specs(cfg.model_set), data, int(cfg.seed), cfg.paths.cache_dir,
@@ -49,7 +50,7 @@ def setup(model_set: str, samples_per_class: int, device: str):
     return cfg, data, loaded, build(cfg, "attack"), quiet
 
 
-def timed(fn, repeats: int = 3) -> float:
+def timed(fn, repeats: int = 7) -> float:
     """Median wall time of `fn()` in seconds (after one warm-up call)."""
     fn()
     times = []
@@ -89,13 +90,13 @@ def _rss_mib() -> float:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def peak_memory(model_set: str, samples_per_class: int, device: str) -> dict[str, float]:
+def peak_memory(model_set: str, samples_per_class: int, device: str, batch_size: int) -> dict[str, float]:
     """Run the engine in this process; its peak resident memory above what it was just before (MiB)."""
     import threading
 
     from satlab.sat.engine import compute_records
 
-    cfg, data, loaded, attack, quiet = setup(model_set, samples_per_class, device)
+    cfg, data, loaded, attack, quiet = setup(model_set, samples_per_class, device, batch_size)
     before, peak, done = _rss_mib(), [0.0], threading.Event()
 
     def sample() -> None:
@@ -120,12 +121,13 @@ def peak_memory(model_set: str, samples_per_class: int, device: str) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-set", default="digits_zoo")
-    parser.add_argument("--samples-per-class", type=int, default=10)
+    parser.add_argument("--samples-per-class", type=int, default=9, help="S = 10 x this on digits (4S <= 360)")
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_only:
-        print(json.dumps(peak_memory(args.model_set, args.samples_per_class, args.device)))
+        print(json.dumps(peak_memory(args.model_set, args.samples_per_class, args.device, args.batch_size)))
         return
 
     import torchattacks
@@ -134,7 +136,7 @@ def main() -> None:
     from satlab.sat.metric import whitebox_success
     from satlab.sat.reference import pairwise_records
 
-    cfg, data, loaded, attack, quiet = setup(args.model_set, args.samples_per_class, args.device)
+    cfg, data, loaded, attack, quiet = setup(args.model_set, args.samples_per_class, args.device, args.batch_size)
     models, names = [m.model.to(args.device) for m in loaded], [m.spec.name for m in loaded]
     n, s = len(models), len(data.eval)
     print(f"# satlab engine benchmark: {args.model_set}, {n} models, {s} samples, {attack.name} "
@@ -152,7 +154,7 @@ def main() -> None:
     pairwise_records(models, names, data.eval, ta_attack, batch_size=int(cfg.sat.batch_size))
     t_naive = time.perf_counter() - start
 
-    x, y, _ = next(iter(torch.utils.data.DataLoader(data.eval, batch_size=int(cfg.sat.batch_size))))
+    x, y, _ = next(iter(torch.utils.data.DataLoader(data.eval, batch_size=len(data.eval))))
     x, y = x.to(args.device), y.to(args.device)
     first = models[0]
     atk = bench_attack(first, x, y, attack)
@@ -160,7 +162,8 @@ def main() -> None:
     mem = []
     for spc in (args.samples_per_class, 4 * args.samples_per_class):
         done = subprocess.run([sys.executable, __file__, "--memory-only", "--model-set", args.model_set,
-                               "--samples-per-class", str(spc), "--device", args.device],
+                               "--samples-per-class", str(spc), "--device", args.device,
+                               "--batch-size", str(args.batch_size)],
                               capture_output=True, text=True, check=True)
         mem.append(json.loads(done.stdout.strip().splitlines()[-1]))
 

@@ -95,6 +95,18 @@ class Attack:
         """Adversarial examples of `x` (labels `y`) against `model`; `seeds` [B] seed the random start."""
         if x.numel() == 0 or self.eps == 0:
             return x.detach().clone()
+        # Only the input needs a gradient: with the weights frozen, autograd neither keeps what weight
+        # gradients would need nor computes them. Restored afterwards.
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for p in trainable:
+            p.requires_grad_(False)
+        try:
+            return self._run(model, x, y, seeds)
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor | None) -> torch.Tensor:
         x = x.detach()
         if self.random_start:
             if seeds is None:
@@ -103,6 +115,8 @@ class Attack:
         else:
             x_adv = x.clone()
         velocity = torch.zeros_like(x)
+        if self.norm == "linf":  # the L-inf projection as one clamp between precomputed bounds
+            lo, hi = (x - self.eps).clamp(0, 1), (x + self.eps).clamp(0, 1)
         with torch.enable_grad():
             for _ in range(int(self.steps)):
                 x_adv.requires_grad_(True)
@@ -113,10 +127,9 @@ class Attack:
                     velocity = self.momentum * velocity + grad
                     grad = velocity
                 if self.norm == "linf":
-                    step = self.alpha * grad.sign()
+                    x_adv = torch.clamp(x_adv.detach().add_(grad.sign(), alpha=self.alpha), lo, hi)
                 else:
-                    step = self.alpha * grad / (_per_sample_norm(grad) + 1e-10)
-                x_adv = self._project(x_adv.detach() + step, x)
+                    x_adv = self._project(x_adv.detach() + self.alpha * grad / (_per_sample_norm(grad) + 1e-10), x)
         if self.quantize:
             x_adv = _toward_levels(self._project(torch.round(x_adv * 255) / 255, x), x)
         return x_adv.detach()
