@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy.io import savemat
 from timm.data import ImageNetInfo
@@ -82,3 +83,12 @@ def tiny_imagenet(tmp_path: Path) -> Path:
 def tiny_flowers102(tmp_path: Path) -> Path:
     """Parent folder of a tiny `flowers-102/` tree (train 3, val 3, test 6 images)."""
     return make_flowers102(tmp_path / "flowers")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on 2 shared cores, two threads fighting other processes can be ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

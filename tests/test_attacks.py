@@ -24,13 +24,7 @@ B = 16  # a power of two: the mean-reduced loss of torchattacks is then our summ
 LINF_ATTACKS = ("pgd_linf", "fgsm", "mifgsm")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread is ~50x faster here than two threads fighting other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

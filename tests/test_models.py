@@ -17,13 +17,7 @@ from satlab.models.wrapper import PixelModel
 from satlab.utils import SatlabError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread is much faster here than two threads fighting other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:

@@ -47,23 +47,8 @@ def plot_importance(table: pd.DataFrame, path: str | os.PathLike, title: str = "
 
 def plot_cluster_heatmap(names: Sequence[str], sat: np.ndarray, labels: np.ndarray, path: str | os.PathLike) -> Path:
     """SAT heatmap with models sorted by cluster and cluster boundaries drawn."""
-    order = cluster_order(labels)
-    sorted_sat = np.asarray(sat, dtype=float)[np.ix_(order, order)].copy()
-    np.fill_diagonal(sorted_sat, np.nan)  # the diagonal (ln 100) would swamp the colour scale
-    n = len(names)
-    size = min(max(4.0, 0.16 * n + 2.5), 16.0)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    im = ax.imshow(sorted_sat, cmap="viridis", interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="SAT (diagonal hidden)")
-    fontsize = max(3.0, min(9.0, 400.0 / max(n, 1)))
-    ax.set_xticks(range(n), [names[i] for i in order], rotation=90, fontsize=fontsize)
-    ax.set_yticks(range(n), [f"{names[i]} [{labels[i]}]" for i in order], fontsize=fontsize)
-    bounds = np.flatnonzero(np.diff(np.asarray(labels)[order])) + 0.5
-    for b in bounds:
-        ax.axhline(b, color="w", lw=1.0)
-        ax.axvline(b, color="w", lw=1.0)
-    ax.set_title(f"SAT sorted by cluster ({len(set(labels.tolist()))} clusters)")
-    return _save(fig, path)
+    title = f"SAT sorted by cluster ({len(set(np.asarray(labels).tolist()))} clusters)"
+    return plot_sat_heatmap(names, sat, path, title=title, labels=labels)
 
 
 def plot_model_map(
@@ -111,18 +96,29 @@ def plot_kappa_vs_sat(kappa: np.ndarray, sat: np.ndarray, rho: float, path: str 
     return _save(fig, path)
 
 
-def plot_sat_heatmap(names: Sequence[str], sat: np.ndarray, path: str | os.PathLike, title: str = "SAT") -> Path:
-    """The SAT matrix as a heatmap in the given model order; values printed in the cells for small N."""
-    values = np.asarray(sat, dtype=float).copy()
-    np.fill_diagonal(values, np.nan)  # the diagonal (white-box success, ~ln 100) would swamp the colour scale
+def plot_sat_heatmap(
+    names: Sequence[str], sat: np.ndarray, path: str | os.PathLike, title: str = "SAT", labels: np.ndarray | None = None
+) -> Path:
+    """The SAT matrix as a heatmap (diagonal hidden); with cluster `labels`, sorted by cluster with boundaries.
+
+    Values are printed in the cells for small N.
+    """
     n = len(names)
+    order = cluster_order(labels) if labels is not None else np.arange(n)
+    values = np.asarray(sat, dtype=float)[np.ix_(order, order)].copy()
+    np.fill_diagonal(values, np.nan)  # the diagonal (white-box success, ~ln 100) would swamp the colour scale
     size = min(max(4.0, 0.16 * n + 2.5), 16.0)
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
     im = ax.imshow(values, cmap="viridis", interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="SAT = ln(transfer %), diagonal hidden")
     fontsize = max(3.0, min(9.0, 400.0 / max(n, 1)))
-    ax.set_xticks(range(n), list(names), rotation=90, fontsize=fontsize)
-    ax.set_yticks(range(n), list(names), fontsize=fontsize)
+    ticks = [names[i] if labels is None else f"{names[i]} [{labels[i]}]" for i in order]
+    ax.set_xticks(range(n), [names[i] for i in order], rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(n), ticks, fontsize=fontsize)
+    if labels is not None:
+        for b in np.flatnonzero(np.diff(np.asarray(labels)[order])) + 0.5:
+            ax.axhline(b, color="w", lw=1.0)
+            ax.axvline(b, color="w", lw=1.0)
     if n <= 16:
         for i in range(n):
             for j in range(n):
