@@ -123,6 +123,7 @@ def plot_sat_heatmap(
         for i in range(n):
             for j in range(n):
                 if i != j and np.isfinite(values[i, j]):
-                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+                    color = "k" if im.norm(values[i, j]) > 0.6 else "w"  # readable on bright and dark cells
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
     ax.set_title(title)
     return _save(fig, path)

@@ -73,30 +73,31 @@ def model_specs(model_set: Mapping[str, Any]) -> list[ModelSpec]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SatlabError(f"model_set.models lists {', '.join(dupes)} more than once; list each model once")
-    catalog = model_set.get("catalog") or {}
-    specs = []
-    for name in names:
-        entry = dict(catalog.get(name) or {})
-        components = {k: str(v) for k, v in (entry.pop("components", None) or {}).items()}
-        unknown = set(components) - set(COMPONENTS)
-        if unknown:
-            raise SatlabError(f"model '{name}': unknown component(s) {sorted(unknown)}; known: {list(COMPONENTS)}")
-        family = entry.pop("family", None) or components.get("base_architecture", "unknown")
-        specs.append(
-            ModelSpec(
-                name=str(name),
-                timm_name=str(entry.pop("timm_name", name)),
-                family=str(family),
-                pretrained=bool(entry.pop("pretrained", model_set.get("pretrained", False))),
-                checkpoint_path=entry.pop("checkpoint_path", None),
-                model_args=dict(entry.pop("model_args", None) or {}),
-                components=components,
-                train_seed=entry.pop("train_seed", None),
-                train=dict(entry.pop("train", None) or {}),
-                input_size=entry.pop("input_size", model_set.get("input_size")),
-                note=str(entry.pop("note", "")),
-            )
-        )
-        if entry:
-            raise SatlabError(f"model '{name}': unknown catalog field(s) {sorted(entry)}")
-    return specs
+    return [resolve_spec(model_set, name) for name in names]
+
+
+def resolve_spec(model_set: Mapping[str, Any], name: str) -> ModelSpec:
+    """The spec of one model name: its catalog entry with the model set's defaults, or a plain timm name."""
+    model_set = _plain(model_set)
+    entry = dict((model_set.get("catalog") or {}).get(name) or {})
+    components = {k: str(v) for k, v in (entry.pop("components", None) or {}).items()}
+    unknown = set(components) - set(COMPONENTS)
+    if unknown:
+        raise SatlabError(f"model '{name}': unknown component(s) {sorted(unknown)}; known: {list(COMPONENTS)}")
+    family = entry.pop("family", None) or components.get("base_architecture", "unknown")
+    spec = ModelSpec(
+        name=str(name),
+        timm_name=str(entry.pop("timm_name", name)),
+        family=str(family),
+        pretrained=bool(entry.pop("pretrained", model_set.get("pretrained", False))),
+        checkpoint_path=entry.pop("checkpoint_path", None),
+        model_args=dict(entry.pop("model_args", None) or {}),
+        components=components,
+        train_seed=entry.pop("train_seed", None),
+        train=dict(entry.pop("train", None) or {}),
+        input_size=entry.pop("input_size", model_set.get("input_size")),
+        note=str(entry.pop("note", "")),
+    )
+    if entry:
+        raise SatlabError(f"model '{name}': unknown catalog field(s) {sorted(entry)}")
+    return spec

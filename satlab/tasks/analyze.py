@@ -18,14 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from satlab.analysis import clustering as clu
 from satlab.analysis import consistency, features, importance, plots, report
-from satlab.models.specs import model_specs
+from satlab.models.specs import resolve_spec
 from satlab.sat.records import load_records, read_matrix, write_matrix
 from satlab.tasks.common import command_line, output_dir, write_summary
 from satlab.tasks.tracking import start_tracking
 from satlab.utils import SatlabError, atomic_path, write_text
 
 log = logging.getLogger(__name__)
-_PAD = "__satlab_analyze_pad__"
 
 
 def find_matrix(option: Any, out_dir: Path) -> Path:
@@ -49,13 +48,10 @@ def find_matrix(option: Any, out_dir: Path) -> Path:
 def load_metadata(cfg: DictConfig, names: list[str], matrix_path: Path):
     """Components, families and per-model sources from the model set's catalog and/or models.csv by the matrix."""
     catalog_cfg = (cfg.model_set.get("catalog") or {}) if "model_set" in cfg else {}
-    in_catalog = [n for n in names if n in catalog_cfg]
     catalog = {}
-    if in_catalog:
-        plain = OmegaConf.to_container(cfg.model_set, resolve=False)
-        plain["models"] = in_catalog + ([_PAD] if len(in_catalog) < 2 else [])
-        catalog = {s.name: {"family": s.family, "components": dict(s.components)}
-                   for s in model_specs(plain) if s.name != _PAD}
+    for name in (n for n in names if n in catalog_cfg):
+        spec = resolve_spec(cfg.model_set, name)
+        catalog[name] = {"family": spec.family, "components": dict(spec.components)}
     table = None
     csv = matrix_path.parent / "models.csv"
     if csv.is_file():

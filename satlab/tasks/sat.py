@@ -55,12 +55,12 @@ def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     data = build(cfg, "dataset")
     timings["data"] = time.perf_counter() - start
+    if len(data.eval) == 0:
+        raise SatlabError(f"dataset '{data.name}' has no evaluation images")
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     start = time.perf_counter()
     loaded = load_models(specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"), trainer_kwargs)
     timings["models"] = time.perf_counter() - start
-    if len(data.eval) == 0:
-        raise SatlabError(f"dataset '{data.name}' has no evaluation images")
 
     tracker = start_tracking(cfg, "sat", out)
     start = time.perf_counter()
