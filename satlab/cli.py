@@ -30,6 +30,7 @@ def run(cfg: DictConfig) -> dict:
 
     for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # offline retries: our own error says what to do
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     return get_task(str(cfg.task.name))(cfg)

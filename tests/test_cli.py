@@ -146,3 +146,11 @@ def test_class_count_mismatch_checkpoint(tmp_path):
                       tmp_path)
     with pytest.raises(SatlabError, match="10 classes"):
         run(cfg)
+
+
+def test_pretrained_class_count_mismatch_is_caught_before_any_download(tmp_path):
+    cfg = compose_cfg([], tmp_path)
+    cfg.model_set = compose_cfg(["model_set=paper69"], tmp_path).model_set
+    cfg.model_set.models = ["resnet50", "vit_small_patch16_224"]
+    with pytest.raises(SatlabError, match="predicts 1000 classes but the dataset has 10"):
+        run(cfg)

@@ -30,6 +30,20 @@ def check_arch(timm_name: str) -> str:
     return arch
 
 
+def check_classes(spec: ModelSpec, num_classes: int) -> None:
+    """For pretrained weights, compare their class count (timm's pretrained cfg) with the dataset's up front."""
+    if not spec.pretrained or spec.checkpoint_path:
+        return
+    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
+    classes = getattr(cfg, "num_classes", None) if cfg is not None else None
+    if classes is not None and "num_classes" not in spec.model_args and classes != num_classes:
+        raise SatlabError(
+            f"model '{spec.name}' ({spec.timm_name}) predicts {classes} classes but the dataset has {num_classes}; "
+            "pick a dataset with the model's label space (e.g. dataset=imagenet for ImageNet weights) or a "
+            "checkpoint trained on this dataset (checkpoint_path)"
+        )
+
+
 def create_timm(spec: ModelSpec, num_classes: int | None, seed: int, **extra: Any) -> nn.Module:
     """`timm.create_model` for a spec. Random init is seeded by (seed, model name) so it is reproducible."""
     check_arch(spec.timm_name)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from satlab.data import DatasetSplits
-from satlab.models.factory import build_model, check_arch, model_key
+from satlab.models.factory import build_model, check_arch, check_classes, model_key
 from satlab.models.specs import ModelSpec
 from satlab.models.wrapper import PixelModel
 from satlab.models.zoo import TrainConfig, load_or_train
@@ -31,8 +31,9 @@ def load_models(
     trainer_kwargs: Mapping[str, Any] | None = None,
 ) -> list[LoadedModel]:
     """Build (or train and cache, for zoo specs) every model, checking it against the dataset's classes."""
-    for spec in specs:  # every name is checked before anything is trained or downloaded
+    for spec in specs:  # every name and class count is checked before anything is trained or downloaded
         check_arch(spec.timm_name)
+        check_classes(spec, data.num_classes)
     try:
         train_cfg = TrainConfig(**dict(train or {}))
     except TypeError as err:
