@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from satlab.attacks import Attack
 from satlab.data import labels_and_ids
 from satlab.sat.records import Records
-from satlab.utils import atomic_path, stable_hash
+from satlab.utils import SatlabError, atomic_path, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,11 @@ def compute_records(
         callbacks=[progress] if progress else None,
         **trainer_kwargs,
     )
+    if trainer.world_size > 1:
+        raise SatlabError(
+            "the SAT engine gathers its records in one process: set trainer.devices=1 "
+            "(multi-device runs are not supported yet)"
+        )
     loader = DataLoader(Positioned(data), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     timings: dict[str, float] = {}
     start = time.perf_counter()

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from satlab.utils import SatlabError
 
-TASKS = ("sat", "analyze", "train_zoo")
+TASKS = ("sat", "analyze")
 
 
 def get_task(name: str) -> Callable[[DictConfig], dict]:
