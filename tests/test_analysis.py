@@ -215,3 +215,11 @@ def test_write_read_roundtrip(tmp_path):
     sat, _ = block_matrix([2, 2])
     names, values = read_matrix(write_matrix(tmp_path / "m.csv", list("abcd"), sat), symmetric_tol=1e-9)
     assert names == list("abcd") and np.allclose(values, sat)
+
+
+def test_importance_caution_flags_uninformative_rankings():
+    from satlab.analysis.report import importance_caution
+
+    assert "not meaningful" in importance_caution(-0.3, 36)
+    assert "indicative" in importance_caution(0.5, 36)
+    assert importance_caution(0.69, 2346) == ""

@@ -63,6 +63,16 @@ def cluster_members(clusters: pd.DataFrame) -> list[tuple[int, list[str], str]]:
     return out
 
 
+def importance_caution(r2: float, n_pairs: int) -> str:
+    """A warning when the importance ranking carries little information ('' when it is fine)."""
+    if r2 <= 0:
+        return (f"the components do not predict SAT on held-out pairs (R^2 = {r2:.3f} <= 0, {n_pairs} pairs): "
+                "this ranking is not meaningful; more models give more pairs.")
+    if n_pairs < 100:
+        return f"only {n_pairs} model pairs: read the ranking as indicative."
+    return ""
+
+
 def build_report(
     *,
     matrix_path: str,
@@ -95,8 +105,10 @@ def build_report(
         lines += [f"Not computed: {importance.note}.", ""]
     else:
         top = ", ".join(importance.table["component"].head(3))
+        lines += [f"Top components: **{top}**.", ""]
+        if caution := importance_caution(importance.r2["ensemble_mean"], importance.n_pairs):
+            lines += [f"**Caution:** {caution}", ""]
         lines += [
-            f"Top components: **{top}**.", "",
             f"Regression of pair SAT on per-component pair features ({importance.n_pairs} pairs, "
             f"{importance.n_test} held out per seed). Held-out R^2: {importance.model} "
             f"{importance.r2['ensemble_mean']:.3f} +- {importance.r2['ensemble_std']:.3f}, ridge (linear) "

@@ -215,6 +215,8 @@ def _print_results(imp, members, result, kappa_info, out_dir: Path) -> None:
         print(imp.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"held-out R^2: {imp.model} {imp.r2['ensemble_mean']:.3f} +- {imp.r2['ensemble_std']:.3f}, "
               f"ridge {imp.r2['linear_mean']:.3f} +- {imp.r2['linear_std']:.3f}")
+        if caution := report.importance_caution(imp.r2["ensemble_mean"], imp.n_pairs):
+            print(f"caution: {caution}")
     print(f"\nClusters: {result.n_clusters} (eigengap suggests {result.eigengap_k})")
     for c, models, fams in members:
         print(f"  cluster {c} ({len(models)}; {fams}): {', '.join(models)}")
