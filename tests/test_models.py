@@ -170,7 +170,7 @@ def test_pretrained_head_class_mismatch(tmp_path):
     file = tmp_path / "weights_1000.pth"
     torch.save(make("test_resnet", seed=5).state_dict(), file)  # timm's default 1000 classes
     spec = ModelSpec("pre", "test_resnet", pretrained=True, model_args={"pretrained_cfg_overlay": {"file": str(file)}})
-    with pytest.raises(SatlabError, match=r"model 'pre' predicts 1000 classes but the dataset has 5"):
+    with pytest.raises(SatlabError, match=r"model 'pre' \(test_resnet\) predicts 1000 classes but the dataset has 5"):
         build_model(spec, 5, 32)
     assert build_model(spec, 1000, 32).model.num_classes == 1000  # the same spec fits a 1000-class dataset
 
@@ -180,7 +180,7 @@ def test_pretrained_head_class_mismatch(tmp_path):
         "pre7", "test_resnet", pretrained=True,
         model_args={"num_classes": 7, "pretrained_cfg_overlay": {"file": str(file7)}},
     )
-    with pytest.raises(SatlabError, match=r"model 'pre7' predicts 7 classes but the dataset has 5"):
+    with pytest.raises(SatlabError, match=r"model 'pre7' \(test_resnet\) predicts 7 classes but the dataset has 5"):
         build_model(spec7, 5, 32)
 
 

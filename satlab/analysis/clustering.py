@@ -76,12 +76,6 @@ def normalized_affinity(weights: np.ndarray) -> np.ndarray:
     return 0.5 * (norm + norm.T)
 
 
-def laplacian_eigenvalues(weights: np.ndarray) -> np.ndarray:
-    """Eigenvalues of the normalised Laplacian I - D^-1/2 W D^-1/2, ascending."""
-    vals = scipy.linalg.eigh(normalized_affinity(weights), eigvals_only=True)
-    return np.sort(1.0 - vals)
-
-
 def eigengap(eigenvalues: np.ndarray, max_clusters: int = 20, min_clusters: int = 2) -> int:
     """The k in [min_clusters, max_clusters] with the largest gap eigenvalues[k] - eigenvalues[k-1] (ascending)."""
     n = len(eigenvalues)

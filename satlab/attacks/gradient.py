@@ -71,13 +71,17 @@ class Attack:
         """Everything that determines the attack's output (for cache keys and summaries)."""
         return asdict(self) | {"alpha": self.alpha}
 
-    def _project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        delta = x_adv - x
+    def _projection(self, x: torch.Tensor):
+        """The projection onto the budget around `x` intersected with [0,1] (L-inf: one clamp between bounds)."""
         if self.norm == "linf":
-            delta = delta.clamp(-self.eps, self.eps)
-        else:
-            delta = delta * torch.clamp(self.eps / (_per_sample_norm(delta) + 1e-12), max=1.0)
-        return (x + delta).clamp(0, 1)
+            lo, hi = (x - self.eps).clamp(0, 1), (x + self.eps).clamp(0, 1)
+            return lambda x_adv: torch.clamp(x_adv, lo, hi)
+
+        def l2(x_adv: torch.Tensor) -> torch.Tensor:
+            delta = x_adv - x
+            return (x + delta * torch.clamp(self.eps / (_per_sample_norm(delta) + 1e-12), max=1.0)).clamp(0, 1)
+
+        return l2
 
     def _random_start(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         noise = []
@@ -115,8 +119,7 @@ class Attack:
         else:
             x_adv = x.clone()
         velocity = torch.zeros_like(x)
-        if self.norm == "linf":  # the L-inf projection as one clamp between precomputed bounds
-            lo, hi = (x - self.eps).clamp(0, 1), (x + self.eps).clamp(0, 1)
+        project = self._projection(x)
         with torch.enable_grad():
             for _ in range(int(self.steps)):
                 x_adv.requires_grad_(True)
@@ -127,11 +130,12 @@ class Attack:
                     velocity = self.momentum * velocity + grad
                     grad = velocity
                 if self.norm == "linf":
-                    x_adv = torch.clamp(x_adv.detach().add_(grad.sign(), alpha=self.alpha), lo, hi)
+                    step = grad.sign()
                 else:
-                    x_adv = self._project(x_adv.detach() + self.alpha * grad / (_per_sample_norm(grad) + 1e-10), x)
+                    step = grad / (_per_sample_norm(grad) + 1e-10)
+                x_adv = project(x_adv.detach().add_(step, alpha=self.alpha))
         if self.quantize:
-            x_adv = _toward_levels(self._project(torch.round(x_adv * 255) / 255, x), x)
+            x_adv = _toward_levels(project(torch.round(x_adv * 255) / 255), x)
         return x_adv.detach()
 
 

@@ -7,6 +7,7 @@ calls `create_timm` from here. Every failure a user can cause becomes one Satlab
 from __future__ import annotations
 
 import difflib
+from dataclasses import replace
 import zlib
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,15 @@ def check_classes(spec: ModelSpec, num_classes: int) -> None:
     cfg = timm.models.get_pretrained_cfg(spec.timm_name)
     classes = getattr(cfg, "num_classes", None) if cfg is not None else None
     if classes is not None and "num_classes" not in spec.model_args and classes != num_classes:
-        raise SatlabError(
-            f"model '{spec.name}' ({spec.timm_name}) predicts {classes} classes but the dataset has {num_classes}; "
-            "pick a dataset with the model's label space (e.g. dataset=imagenet for ImageNet weights) or a "
-            "checkpoint trained on this dataset (checkpoint_path)"
-        )
+        raise _class_mismatch(spec, classes, num_classes)
+
+
+def _class_mismatch(spec: ModelSpec, classes: int, num_classes: int) -> SatlabError:
+    return SatlabError(
+        f"model '{spec.name}' ({spec.timm_name}) predicts {classes} classes but the dataset has {num_classes}; "
+        "pick a dataset with the model's label space (e.g. dataset=imagenet for ImageNet weights) or a "
+        "checkpoint trained on this dataset (checkpoint_path)"
+    )
 
 
 def create_timm(spec: ModelSpec, num_classes: int | None, seed: int, **extra: Any) -> nn.Module:
@@ -109,14 +114,10 @@ def build_model(spec: ModelSpec, num_classes: int, resolution: int, seed: int = 
     Pretrained models keep their own head; a class count different from the dataset's is an error.
     """
     if spec.checkpoint_path:
-        model = create_timm(spec.__class__(**{**spec.__dict__, "pretrained": False}), num_classes, seed)
+        model = create_timm(replace(spec, pretrained=False), num_classes, seed)
         load_checkpoint(model, spec.checkpoint_path, spec.name)
     else:
         model = create_timm(spec, None if spec.pretrained else num_classes, seed)
     if getattr(model, "num_classes", num_classes) != num_classes:
-        raise SatlabError(
-            f"model '{spec.name}' predicts {model.num_classes} classes but the dataset has {num_classes}; "
-            "pick a dataset with the model's label space (e.g. dataset=imagenet for ImageNet weights) or a "
-            "checkpoint trained on this dataset"
-        )
+        raise _class_mismatch(spec, model.num_classes, num_classes)
     return PixelModel.from_timm(model, data_overrides(spec, resolution)).eval()
