@@ -21,6 +21,22 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+def state_dict_hash(state: dict[str, Any], length: int = 16) -> str:
+    """Hex digest of a state dict: every tensor's name, dtype, shape and bytes, in sorted name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        value = state[name]
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        else:
+            digest.update(f"{name}:{value!r}".encode())
+    return digest.hexdigest()[:length]
+
+
 def file_hash(path: str | os.PathLike, length: int = 16) -> str:
     """Hex digest of a file's bytes (read in chunks)."""
     digest = hashlib.sha256()

@@ -10,7 +10,6 @@ from omegaconf import OmegaConf
 
 from satlab.attacks import create_attack
 from satlab.data.digits import digits
-from satlab.models.factory import model_key
 from satlab.models.specs import model_specs
 from satlab.models.zoo import TrainConfig, load_or_train
 from satlab.sat import metric
@@ -39,7 +38,7 @@ def test_engine_equals_pairwise_reference(tiny_setup):
     data, specs, models = tiny_setup
     names = [s.name for s in specs]
     attack = create_attack("pgd_linf", eps=16 / 255, steps=3)
-    result = compute_records(models, names, [model_key(s, 0) for s in specs], data.eval, attack,
+    result = compute_records(models, names, [m.fingerprint() for m in models], data.eval, attack,
                              batch_size=16, trainer_kwargs=QUIET)
     ref = pairwise_records(models, names, data.eval, attack, batch_size=16)
     rec = result.records
@@ -66,7 +65,7 @@ def test_one_attack_per_source_only_on_correct_images(tiny_setup):
             calls.append((id(model), len(x)))
             return attack(model, x, y, seeds)
 
-    rec = compute_records(models, names, [model_key(s, 0) for s in specs], data.eval, Counting(),
+    rec = compute_records(models, names, [m.fingerprint() for m in models], data.eval, Counting(),
                           batch_size=len(data.eval), trainer_kwargs=QUIET).records
     # one batch holds every sample: exactly one attack call per source, on the images it gets right
     assert [n for _, n in calls] == rec.correct.sum(axis=1).tolist()
@@ -76,7 +75,7 @@ def test_one_attack_per_source_only_on_correct_images(tiny_setup):
 def test_resume_reuses_cached_source_rows(tiny_setup, tmp_path):
     data, specs, models = tiny_setup
     names = [s.name for s in specs]
-    keys = [model_key(s, 0) for s in specs]
+    keys = [m.fingerprint() for m in models]
     attack = create_attack("pgd_linf", eps=16 / 255, steps=2)
     first = compute_records(models, names, keys, data.eval, attack, cache_dir=tmp_path, trainer_kwargs=QUIET)
     assert first.reused == [] and len(list((tmp_path / "records").glob("*.npz"))) == 4

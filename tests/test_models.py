@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 import timm
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.data import resolve_model_data_config
 
-from satlab.models.factory import build_model, check_arch, data_overrides, load_checkpoint, model_key
+from satlab.models.factory import build_model, check_arch, data_overrides, load_checkpoint
 from satlab.models.specs import COMPONENTS, ModelSpec, model_specs
 from satlab.models.wrapper import PixelModel
 from satlab.utils import SatlabError
@@ -230,27 +231,27 @@ def test_wrong_checkpoints_raise(tmp_path):
             load_checkpoint(model, str(tmp_path / junk), "mine")
 
 
-# --- model_key ------------------------------------------------------------------------------------------------
+# --- weights fingerprint -----------------------------------------------------------------------------------
 
 
-def test_model_key(tmp_path):
+def test_fingerprint_follows_weights_and_preprocessing(tmp_path):
     spec = ModelSpec("a", "test_resnet", model_args={"drop_rate": 0.1})
-    assert model_key(spec, 0) == model_key(ModelSpec("a", "test_resnet", model_args={"drop_rate": 0.1}), 0)
-    assert model_key(spec, 0) != model_key(spec, 1)
-    assert model_key(spec, 0) != model_key(ModelSpec("a", "test_resnet", model_args={"drop_rate": 0.2}), 0)
-    assert model_key(spec, 0) != model_key(ModelSpec("a", "test_resnet"), 0)
-    assert model_key(spec, 0) != model_key(ModelSpec("b", "test_resnet", model_args={"drop_rate": 0.1}), 0)
-    # pretrained: the weights tag, not the seed
-    pre = ModelSpec("p", "resnet50.a1_in1k", pretrained=True)
-    assert model_key(pre, 0) == model_key(pre, 1) != model_key(ModelSpec("p", "resnet50.tv_in1k", pretrained=True), 0)
-    # checkpoints: the file content, not the path or the seed
-    one, two, three = tmp_path / "1.pth", tmp_path / "2.pth", tmp_path / "3.pth"
-    one.write_bytes(b"weights A")
-    two.write_bytes(b"weights A")
-    three.write_bytes(b"weights B")
-    key = model_key(ModelSpec("c", "test_resnet", checkpoint_path=str(one)), 0)
-    assert key == model_key(ModelSpec("c", "test_resnet", checkpoint_path=str(two)), 5)
-    assert key != model_key(ModelSpec("c", "test_resnet", checkpoint_path=str(three)), 0)
+    one, same = build_model(spec, 10, 32, seed=0), build_model(spec, 10, 32, seed=0)
+    assert one.fingerprint() == same.fingerprint()
+    assert one.fingerprint() != build_model(spec, 10, 32, seed=1).fingerprint()  # other init
+    assert one.fingerprint() != build_model(replace(spec, name="b"), 10, 32, seed=0).fingerprint()  # name seeds init
+    with torch.no_grad():
+        next(same.parameters()).add_(1e-3)
+    assert one.fingerprint() != same.fingerprint()  # any weight change
+    other_size = build_model(replace(spec, input_size=48), 10, 32, seed=0)
+    assert one.fingerprint() != other_size.fingerprint()  # same weights, other preprocessing
+    # a checkpoint is keyed by the weights it holds, not by its path
+    path_a, path_b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({k: v.contiguous() for k, v in one.model.state_dict().items()}, str(path_a))
+    save_file({k: v.contiguous() for k, v in one.model.state_dict().items()}, str(path_b))
+    from_a = build_model(replace(spec, checkpoint_path=str(path_a)), 10, 32, seed=3)
+    from_b = build_model(replace(spec, checkpoint_path=str(path_b)), 10, 32, seed=7)
+    assert from_a.fingerprint() == from_b.fingerprint() == one.fingerprint()
 
 
 # --- model_specs ----------------------------------------------------------------------------------------------

@@ -7,5 +7,6 @@ the module `satlab.data.digits` is not shadowed by the function of the same name
 """
 
 from satlab.data.common import DatasetSplits, LabeledDataset, balanced_positions, labels_and_ids
+from satlab.data.fingerprint import data_fingerprint
 
-__all__ = ["DatasetSplits", "LabeledDataset", "balanced_positions", "labels_and_ids"]
+__all__ = ["DatasetSplits", "data_fingerprint", "LabeledDataset", "balanced_positions", "labels_and_ids"]

@@ -18,7 +18,7 @@ from torch import nn
 
 from satlab.models.specs import ModelSpec
 from satlab.models.wrapper import PixelModel
-from satlab.utils import SatlabError, file_hash, stable_hash
+from satlab.utils import SatlabError
 
 
 def check_arch(timm_name: str) -> str:
@@ -68,15 +68,6 @@ def create_timm(spec: ModelSpec, num_classes: int | None, seed: int, **extra: An
             f"({type(err).__name__}); offline, put them in the Hugging Face cache (HF_HOME) on a machine with "
             "internet first, or set checkpoint_path for this model in the model set"
         ) from None
-
-
-def model_key(spec: ModelSpec, seed: int) -> str:
-    """What identifies a model's weights (for cache keys): tag, checkpoint content, or init seed."""
-    if spec.checkpoint_path:
-        return f"ckpt:{spec.timm_name}:{file_hash(spec.checkpoint_path)}"
-    if spec.pretrained:
-        return f"pretrained:{spec.timm_name}"
-    return f"init:{spec.name}:{spec.timm_name}:{stable_hash(dict(spec.model_args))}:{seed}"
 
 
 def load_checkpoint(model: nn.Module, path: str, name: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from satlab.data import DatasetSplits
-from satlab.models.factory import build_model, check_arch, check_classes, model_key
+from satlab.models.factory import build_model, check_arch, check_classes
 from satlab.models.specs import ModelSpec
 from satlab.models.wrapper import PixelModel
 from satlab.models.zoo import TrainConfig, load_or_train
@@ -18,7 +18,7 @@ from satlab.utils import SatlabError
 class LoadedModel:
     spec: ModelSpec
     model: PixelModel
-    key: str  # identifies the weights, for cache keys
+    key: str  # hash of the weights and preprocessing (PixelModel.fingerprint), for cache keys
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -41,12 +41,11 @@ def load_models(
     loaded = []
     for spec in specs:
         if spec.train_seed is not None:
-            model, key, info = load_or_train(
+            model, _, info = load_or_train(
                 spec, data.train, data.eval, data.num_classes, data.resolution, data.name, train_cfg,
                 cache_dir, trainer_kwargs,
             )
-            loaded.append(LoadedModel(spec, model, f"zoo:{key}", info))
         else:
-            model = build_model(spec, data.num_classes, data.resolution, seed)
-            loaded.append(LoadedModel(spec, model, model_key(spec, seed)))
+            model, info = build_model(spec, data.num_classes, data.resolution, seed), {}
+        loaded.append(LoadedModel(spec, model, model.fingerprint(), info))
     return loaded

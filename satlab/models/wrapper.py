@@ -42,6 +42,18 @@ class PixelModel(nn.Module):
         size = cfg["input_size"][-2:]
         return cls(model, tuple(cfg["mean"]), tuple(cfg["std"]), tuple(size), str(cfg.get("interpolation", "bilinear")))
 
+    def fingerprint(self) -> str:
+        """Hash of what determines this model's outputs: the inner weights and the preprocessing."""
+        from satlab.utils import stable_hash, state_dict_hash
+
+        preprocessing = {
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+            "input_size": list(self.input_size),
+            "interpolation": self.interpolation,
+        }
+        return stable_hash({"weights": state_dict_hash(self.model.state_dict()), "preprocessing": preprocessing})
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels [B,3,H,W] in [0,1] -> the normalised tensor the inner model expects."""
         if tuple(x.shape[-2:]) != self.input_size:

@@ -25,14 +25,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from satlab.attacks import Attack
-from satlab.data import labels_and_ids
+from satlab.data import data_fingerprint, labels_and_ids
 from satlab.sat.records import Records
 from satlab.utils import SatlabError, atomic_path, stable_hash
 
 log = logging.getLogger(__name__)
 
 # Part of every cache key: bump it when a change to attacks or the engine changes what a record holds.
-RECORDS_VERSION = 2
+RECORDS_VERSION = 3
 
 
 def sample_seeds(seed: int, source: str, sample_ids: torch.Tensor) -> torch.Tensor:
@@ -150,10 +150,10 @@ def compute_records(
     timings["clean_pass"] = time.perf_counter() - start
     engine.correct = torch.from_numpy(correct)
     fooled = np.zeros((n, n, s), dtype=bool)
-    ids_hash = stable_hash(ids.tolist())
+    data_key = data_fingerprint(data)
     reused = []
     for src in range(n):
-        key = stable_hash({"model": model_keys[src], "attack": attack.describe(), "ids": ids_hash, "seed": seed,
+        key = stable_hash({"model": model_keys[src], "attack": attack.describe(), "data": data_key, "seed": seed,
                            "version": RECORDS_VERSION})
         path = Path(cache_dir) / "records" / f"{names[src]}-{key}.npz" if cache_dir else None
         row = _load_row(path, model_keys)
