@@ -154,7 +154,8 @@ def test_bootstrap_floored_and_empty_pairs():
     correct = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 1]], dtype=bool)
     fooled = np.zeros((3, 3, 5), dtype=bool)  # nothing transfers
     low, high = metric.sat_bootstrap(correct, fooled, n_boot=200, seed=0)
-    assert low[0, 1] == high[0, 1] == pytest.approx(math.log(metric.DEFAULT_EPS_S))
+    # no event at all: from the floor to the rule-of-three bound 300 / (2 |X_AB|) = 50 %
+    assert low[0, 1] == pytest.approx(math.log(metric.DEFAULT_EPS_S)) and high[0, 1] == pytest.approx(math.log(50))
     assert np.isnan(low[0, 2]) and np.isnan(high[1, 2])  # X_AB empty in every resample
     with pytest.raises(ValueError, match="n_boot"):
         metric.sat_bootstrap(correct, fooled, n_boot=0)

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from satlab.analysis.clustering import offdiag
+from satlab.sat.metric import zero_rate_bound
 
 
 def no_information(sat: np.ndarray, floored: np.ndarray) -> str:
@@ -53,9 +54,7 @@ def floor_values(sat: np.ndarray, floored: np.ndarray, n_joint: np.ndarray | Non
     cap = np.nanmin(measured) if np.isfinite(measured).any() else np.inf
     bound = np.full(sat.shape, np.inf)
     if n_joint is not None:
-        n_joint = np.asarray(n_joint, dtype=float)
-        with np.errstate(divide="ignore"):
-            bound = np.where(n_joint > 0, np.log(300.0 / (2.0 * np.maximum(n_joint, 1.0))), np.inf)
+        bound = np.nan_to_num(np.log(zero_rate_bound(n_joint)), nan=np.inf)
     return np.where(floored, np.minimum(bound, cap), sat)
 
 

@@ -103,7 +103,8 @@ def ci_text(stats: Mapping[str, Any], ci_info: Mapping[str, Any]) -> str:
         return f"95% CIs: not computed ({ci_info.get('reason', 'no records')})."
     most, least = stats["most_similar"], stats["least_similar"]
     text = (f"95% CIs: percentile bootstrap over the {ci_info['n_samples']} images of the records "
-            f"({ci_info['n_boot']} resamples, seed {ci_info['seed']}).")
+            f"({ci_info['n_boot']} resamples, seed {ci_info['seed']}); for a floored pair, from the floor to the "
+            "rule-of-three bound.")
 
     def overlap(p: Mapping[str, Any], q: Mapping[str, Any]) -> bool:
         return max(p["ci_low"], q["ci_low"]) <= min(p["ci_high"], q["ci_high"])
@@ -143,9 +144,17 @@ def build_report(
               f"max {stats['max']:.4f}" + (f"; {stats['n_nan_pairs']} pairs are NaN" if stats["n_nan_pairs"] else ""),
               ""]
     lines += floors_section(floors)
+    floor = np.log(floors["eps_s"]) + 1e-6
+
+    def ci_cell(v: float) -> str:
+        return "0% (floor)" if v <= floor else "" if not np.isfinite(v) else f"{v:.4f}"
+
     for key, title in (("most_similar", "Most similar pairs"), ("least_similar", "Least similar pairs")):
-        frame = pd.DataFrame(stats[key], columns=["a", "b", "sat", "ci_low", "ci_high", "floored"]).rename(
-            columns={"a": "model A", "b": "model B", "sat": "SAT", "ci_low": "95% CI low", "ci_high": "95% CI high"})
+        frame = pd.DataFrame(stats[key], columns=["a", "b", "sat", "ci_low", "ci_high", "floored"])
+        frame[["ci_low", "ci_high"]] = frame[["ci_low", "ci_high"]].map(ci_cell)
+        frame["floored"] = frame["floored"].map({True: "yes", False: ""})
+        frame = frame.rename(columns={"a": "model A", "b": "model B", "sat": "SAT", "ci_low": "95% CI low",
+                                      "ci_high": "95% CI high"})
         lines += [f"**{title}**", "", _table(frame), ""]
     lines += [ci_text(stats, ci_info), ""]
 

@@ -72,6 +72,15 @@ def floored(sat: np.ndarray, eps_s: float = DEFAULT_EPS_S) -> np.ndarray:
         return np.isfinite(sat) & (sat <= np.log(eps_s) + 1e-6)
 
 
+def zero_rate_bound(n_joint: np.ndarray) -> np.ndarray:
+    """Rule of three: the 95% upper bound (in %) of a rate with no event in 2|X_AB| trials, 300 / (2|X_AB|).
+
+    NaN where X_AB is empty."""
+    n_joint = np.asarray(n_joint, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n_joint > 0, 300.0 / (2.0 * n_joint), np.nan)
+
+
 def bootstrap_weights(n_samples: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """How often each sample is drawn in `n_boot` resamples (with replacement) of `n_samples`: float32 [n_boot, S]."""
     draws = rng.integers(0, n_samples, size=(n_boot, n_samples)) + n_samples * np.arange(n_boot)[:, None]
@@ -93,7 +102,9 @@ def sat_bootstrap(
     same formula (X_AB, the eps_s floor); the CI is the ((1-level)/2, (1+level)/2) percentiles of the resamples.
     Vectorised: per pair, |X_AB| and the fooled count of a resample are dot products of per-image indicators with
     the resample's draw counts, so all pairs x resamples are two float32 matmuls (exact: every sum < 2^24).
-    NaN where X_AB is empty in every resample; resamples with an empty X_AB are left out.
+    NaN where X_AB is empty in every resample; resamples with an empty X_AB are left out. A pair with no event at
+    all (floored) has the floor in every resample, which is no interval: its CI is [ln eps_s, ln of the rule-of-
+    three bound `zero_rate_bound`], the exact 95% range of a rate with 0 events.
     """
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
@@ -119,6 +130,8 @@ def sat_bootstrap(
     ok = np.isfinite(sats).any(axis=1)
     if ok.any():
         q = np.nanpercentile(sats[ok], [50 * (1 - level), 50 * (1 + level)], axis=1)
+        zero = events[ok].sum(axis=1) == 0
+        q[1, zero] = np.log(np.maximum(eps_s, zero_rate_bound(both[ok][zero].sum(axis=1))))
         for out, vals in zip((low, high), q):
             out[rows[ok], cols[ok]] = vals
             out[cols[ok], rows[ok]] = vals
