@@ -87,7 +87,8 @@ def test_tiny_run_end_to_end(tiny_run, tmp_path, capsys):
     assert summary["dropped_components"]["dw_conv"].startswith("unknown for 3 of 9 models")
     names, kappa = read_matrix(out / "kappa_matrix.csv")
     assert names == clusters["model"].tolist() and np.allclose(np.diag(kappa), 1.0)
-    kappa_pairs, sat_pairs = kappa[np.triu_indices(9, 1)], read_matrix(tiny_run / "sat_matrix.csv")[1][np.triu_indices(9, 1)]
+    upper = np.triu_indices(9, 1)
+    kappa_pairs, sat_pairs = kappa[upper], read_matrix(tiny_run / "sat_matrix.csv")[1][upper]
     assert summary["kappa"]["n_pairs"] == 36
     assert summary["kappa"]["spearman_rho"] == pytest.approx(spearmanr(kappa_pairs, sat_pairs)[0], abs=1e-6)
     # the bootstrap CIs of the report are those of the records, and contain the matrix's values
@@ -330,3 +331,13 @@ def test_notebook_runs_top_to_bottom(tiny_run, tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "Spearman rho(kappa, SAT)" in text and "cluster 0:" in text and str(out) in text
     assert os.environ["SATLAB_RUN_DIR"] == str(out)
+
+
+def test_eps_s_comes_from_the_option_then_the_sat_runs_summary(tmp_path):
+    from satlab.tasks.analyze import find_eps_s
+
+    matrix = tmp_path / "sat_matrix.csv"
+    assert find_eps_s(None, matrix) == 1e-8  # no summary.json
+    write_json(tmp_path / "summary.json", {"task": "sat", "config": {"sat": {"eps_s": 1e-3}}})
+    assert find_eps_s(None, matrix) == 1e-3
+    assert find_eps_s(0.5, matrix) == 0.5

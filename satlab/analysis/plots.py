@@ -46,7 +46,11 @@ def plot_importance(table: pd.DataFrame, path: str | os.PathLike, title: str = "
 
 
 def plot_cluster_heatmap(
-    names: Sequence[str], sat: np.ndarray, labels: np.ndarray, path: str | os.PathLike, floored: np.ndarray | None = None
+    names: Sequence[str],
+    sat: np.ndarray,
+    labels: np.ndarray,
+    path: str | os.PathLike,
+    floored: np.ndarray | None = None,
 ) -> Path:
     """SAT heatmap with models sorted by cluster and cluster boundaries drawn (floored cells marked)."""
     title = f"SAT sorted by cluster ({len(set(np.asarray(labels).tolist()))} clusters)"

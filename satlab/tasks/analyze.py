@@ -313,7 +313,7 @@ def run(cfg: DictConfig) -> dict:
 def _print_results(imp, members, result, kappa_info, out_dir: Path, floor_info, stats, ci_info) -> None:
     pairs = floor_info["pairs"]
     if pairs:
-        shown = ", ".join(f"{a}/{b}" for a, b in pairs[:10]) + (f" and {len(pairs) - 10} more" if len(pairs) > 10 else "")
+        shown = ", ".join(f"{a}/{b}" for a, b in pairs[:10]) + (f" and {len(pairs) - 10} more" * (len(pairs) > 10))
         print(f"\n{len(pairs)} floored pair(s) (0% transfer, SAT = ln eps_s): {shown}")
         print(f"  the analyses use {floor_info['rule']} for them (sat_matrix.csv keeps ln eps_s)")
     print(f"\nMost similar pairs (SAT{', 95% CI' if ci_info.get('n_boot') else ''}):")
