@@ -179,7 +179,17 @@ def test_importance_finds_the_informative_component():
     pd.testing.assert_frame_equal(res.table, again.table)
     few = importance.component_importance(X.head(4), y[:4], seeds=[0])
     assert few.note and few.table.empty
-    assert importance.component_importance(X[[]], y, seeds=[0]).note
+    assert "no component differs" in importance.component_importance(X[[]], y, seeds=[0]).note
+    assert "4 model pairs with a finite SAT; at least 6" in few.note
+    with pytest.raises(ValueError, match="test_size=1.5 must be a share"):
+        importance.component_importance(X, y, seeds=[0], test_size=1.5)
+    with pytest.raises(ValueError, match="holds out 0 of 300 pairs"):
+        importance.component_importance(X, y, seeds=[0], test_size=0.001)
+    with pytest.raises(ValueError, match="n_estimators=0"):
+        importance.component_importance(X, y, seeds=[0], n_estimators=0)
+    with pytest.raises(ValueError, match="the 0 seeds"):
+        importance.component_importance(X, y, seeds=[])
+    assert importance.held_out(0.25, 36) == 9 and importance.held_out(0.5, 4) == 2  # < 6 pairs: no side check
 
 
 def test_matrix_summary():
