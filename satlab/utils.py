@@ -138,3 +138,37 @@ def file_lock(path: str | os.PathLike, what: str, wait: bool = True) -> Iterator
         yield True
     finally:
         lock.release()
+
+
+def read_cached_weights(model: Any, weights: str | os.PathLike) -> dict[str, Any] | None:
+    """Load cached safetensors `weights` into `model` (an nn.Module) and return the info saved beside them
+    (`<name>.json`); None when absent. A damaged file is moved aside (warning), so the caller retrains."""
+    from safetensors.torch import load_file
+
+    weights = Path(weights)
+    meta = weights.with_suffix(".json")
+    if not (weights.is_file() and meta.is_file()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except Exception as err:  # noqa: BLE001 - truncated JSON, ...
+        move_aside(meta, f"{type(err).__name__}: {str(err)[:200]}")
+        return None
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as err:  # noqa: BLE001 - a truncated file raises SafetensorError, a foreign one RuntimeError
+        move_aside(weights, f"{type(err).__name__}: {str(err)[:200]}")
+        return None
+    return info
+
+
+def write_cached_weights(model: Any, weights: str | os.PathLike, info: dict[str, Any]) -> None:
+    """Write `model`'s state dict as safetensors and `info` as JSON beside it (both atomic; weights first)."""
+    from safetensors.torch import save_file
+
+    weights = Path(weights)
+    with atomic_path(weights) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    write_json(weights.with_suffix(".json"), info)

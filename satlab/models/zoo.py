@@ -8,7 +8,6 @@ Later runs load them instead of training; loaded models are then identified by t
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import zlib
@@ -19,7 +18,6 @@ from typing import Any, Mapping
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -27,7 +25,7 @@ from satlab.data import data_fingerprint
 from satlab.models.factory import create_timm, data_overrides
 from satlab.models.specs import ModelSpec
 from satlab.models.wrapper import PixelModel
-from satlab.utils import SatlabError, atomic_path, file_lock, move_aside, stable_hash, write_json
+from satlab.utils import SatlabError, file_lock, read_cached_weights, stable_hash, write_cached_weights
 
 log = logging.getLogger(__name__)
 
@@ -157,23 +155,13 @@ def load_or_train(
 def _load_cached(
     spec: ModelSpec, weights: Path, num_classes: int, resolution: int, eval_data: str
 ) -> tuple[PixelModel, dict[str, Any]] | None:
-    """(model, info) from the cache, or None when absent; a damaged weights or info file is moved aside.
-
-    The info's test accuracy is kept only when it was measured on this run's evaluation data.
-    """
-    meta_path = weights.with_suffix(".json")
-    if not (weights.is_file() and meta_path.is_file()):
-        return None
-    try:
-        info = dict(json.loads(meta_path.read_text()))
-    except Exception as err:  # noqa: BLE001 - truncated JSON, not an object, ...
-        move_aside(meta_path, f"{type(err).__name__}: {str(err)[:200]}")
+    """(model, info) from the cache, or None (absent, or damaged and moved aside). The cached test accuracy is
+    kept only when it was measured on this run's evaluation data."""
+    if not weights.is_file():
         return None
     model = build_zoo_model(spec, num_classes, resolution)
-    try:
-        model.model.load_state_dict(load_file(str(weights)))
-    except Exception as err:  # noqa: BLE001 - a truncated file raises SafetensorError, a foreign one RuntimeError
-        move_aside(weights, f"{type(err).__name__}: {str(err)[:200]}")
+    info = read_cached_weights(model.model, weights)
+    if info is None:
         return None
     if info.get("eval_data") != eval_data:
         info["test_accuracy"] = None  # measured on other evaluation images: not this run's number
@@ -217,7 +205,5 @@ def _train(
         "train": train_cfg.__dict__,
         "eval_data": eval_data,
     }
-    with atomic_path(weights) as tmp:
-        save_file({k: v.contiguous() for k, v in model.model.state_dict().items()}, str(tmp))
-    write_json(weights.with_suffix(".json"), info)
+    write_cached_weights(model.model, weights, info)
     return model, key, info | {"cached": False}
