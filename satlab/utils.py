@@ -129,7 +129,7 @@ def file_lock(path: str | os.PathLike, what: str, wait: bool = True) -> Iterator
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path.with_name(f".{path.name}.lock")))
+    lock = FileLock(str(path.with_name(f".{path.name}.lock")), mode=0o666)  # other users of a shared cache too
     try:
         lock.acquire(timeout=0)
     except Timeout:
