@@ -17,6 +17,7 @@ import torch
 
 from conftest import make_class_tree, make_imagefolder
 from satlab import cli
+from satlab.sat.records import write_matrix
 
 BASE = ["model_set=timm_tiny", "dataset.samples_per_class=2", "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false"]
@@ -68,6 +69,13 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["attack.eps=-0.1"], "attack.eps"),
     (["attack.steps=0"], "attack.steps"),
 ]
+
+
+def write_tiny_matrix(path: Path) -> Path:
+    """A symmetric SAT matrix of timm_tiny's four models (for cheap task=analyze runs)."""
+    names = ["test_resnet", "test_vit", "test_convnext", "test_efficientnet"]
+    sat = np.array([[4.6, 1.0, 2.0, 1.5], [1.0, 4.6, 0.5, 1.2], [2.0, 0.5, 4.6, 1.1], [1.5, 1.2, 1.1, 4.6]])
+    return write_matrix(path, names, sat)
 
 
 def _input(name: str, tmp: Path) -> Path:
@@ -125,11 +133,7 @@ def test_bad_input_one_line_exit_2_nothing_written(args, fragment, tmp_path, mon
 
 
 def test_sweep_continues_past_a_failed_job(tmp_path, monkeypatch, capsys):
-    matrix = tmp_path / "m.csv"
-    names = ["test_resnet", "test_vit", "test_convnext", "test_efficientnet"]
-    sat = np.array([[4.6, 1.0, 2.0, 1.5], [1.0, 4.6, 0.5, 1.2], [2.0, 0.5, 4.6, 1.1], [1.5, 1.2, 1.1, 4.6]])
-    matrix.write_text(",".join(["", *names]) + "\n" + "".join(
-        ",".join([n, *map(str, row)]) + "\n" for n, row in zip(names, sat)))
+    matrix = write_tiny_matrix(tmp_path / "m.csv")
     sweep = tmp_path / "sweep"
     code, _, err = run_cli(["-m", "task=analyze", "model_set=timm_tiny", f"analyze.matrix={matrix}", "logger=none",
                             "analyze.importance_seeds=1", "analyze.n_repeats=1", "analyze.n_estimators=5,abc,7",
