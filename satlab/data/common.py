@@ -158,10 +158,10 @@ def check_samples_per_class(samples_per_class: int | None) -> None:
 def check_params(resolution: int, resize: int | None, samples_per_class: int | None) -> None:
     """Reject bad sizes, a resize smaller than the crop, and a bad samples_per_class, before any loading."""
     check_samples_per_class(samples_per_class)
-    if not isinstance(resolution, int) or resolution < 1:
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise SatlabError(f"dataset.resolution must be a positive integer, got {resolution!r}")
     if resize is not None:
-        if not isinstance(resize, int) or resize < 1:
+        if isinstance(resize, bool) or not isinstance(resize, int) or resize < 1:
             raise SatlabError(f"dataset.resize must be a positive integer, got {resize!r}")
         if resize < resolution:
             raise SatlabError(

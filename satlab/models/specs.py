@@ -95,7 +95,7 @@ def check_catalogued(model_set: Mapping[str, Any], names: list[str]) -> None:
     missing = [str(n) for n in names if n not in catalog]
     if not missing or uncatalogued_mode(model_set) != "refuse":
         return
-    close = sorted({c for n in missing for c in difflib.get_close_matches(n, list(catalog), n=2, cutoff=0.7)})
+    close = sorted({c for n in missing for c in difflib.get_close_matches(n, list(catalog), n=2, cutoff=0.8)})
     hint = f"did you mean {', '.join(close)}? " if close else ""
     known = ", ".join(list(catalog)[:12]) + (", ..." if len(catalog) > 12 else "")
     raise SatlabError(
