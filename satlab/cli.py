@@ -77,12 +77,13 @@ def check_choices() -> None:
     """Group options Hydra lets through: an `optional` default (experiment) with an unknown name is skipped."""
     from hydra.core.global_hydra import GlobalHydra
 
-    choice = HydraConfig.get().runtime.choices.get("experiment")
-    if choice in (None, "null"):
-        return
-    options = GlobalHydra.instance().config_loader().get_group_options("experiment")
-    if choice not in options:
-        raise SatlabError(f"unknown experiment '{choice}'; the presets are: {', '.join(options)}")
+    loader = GlobalHydra.instance().config_loader()
+    for group, choice in HydraConfig.get().runtime.choices.items():
+        if group.startswith("hydra/") or group == "hydra" or choice in (None, "null"):
+            continue
+        options = loader.get_group_options(group)
+        if options and choice not in options:
+            raise SatlabError(f"unknown {group} '{choice}'; choose one of: {', '.join(options)}")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -50,8 +50,8 @@ class Key:
         return None
 
     def _range(self) -> str:
-        parts = [f">= {_num(self.low)}" if self.low is not None else "", f"<= {_num(self.high)}" if self.high is not None else ""]
-        text = " and ".join(p for p in parts if p)
+        parts = [f"{op} {_num(bound)}" for op, bound in ((">=", self.low), ("<=", self.high)) if bound is not None]
+        text = " and ".join(parts)
         return (f" {text}" if text else "") + (" or null" if self.nullable else "")
 
 
