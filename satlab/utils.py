@@ -51,12 +51,20 @@ def file_hash(path: str | os.PathLike, length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; it replaces `path` only if the block finishes without error.
 
-    A crash or an exception therefore never leaves a half-written result file behind. The file gets the usual
-    permissions (0666 less the umask), not the temp file's 0600, so a shared cache or result folder stays readable.
+    A crash or an exception therefore never leaves a half-written result file behind. The file gets the mode
+    a plain `open(path, "w")` would give (0o666 minus the umask), not mkstemp's private 0o600; folders are
+    made by `mkdir`, which applies the umask itself.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,9 +73,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        tmp_path.chmod(0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
