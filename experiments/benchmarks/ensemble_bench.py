@@ -37,7 +37,7 @@ def synthetic(models: int, samples: int, classes: int, seed: int = 0):
     out = torch.empty(models, samples, classes, dtype=torch.float16)
     for m in range(models):
         z = 0.5 * shared + torch.randn(samples, classes, generator=gen)
-        z[torch.arange(samples), labels] += 2.5 + 1.5 * torch.rand(1, generator=gen)
+        z[torch.arange(samples), labels] += 3.0 + 1.5 * torch.rand(1, generator=gen)
         out[m] = torch.log_softmax(4.0 * z, dim=1).half()
     sat = torch.rand(models, models, generator=gen).numpy() * 4.0
     return out, labels.numpy(), 0.5 * (sat + sat.T)

@@ -80,6 +80,10 @@ def find_sat_matrix(option: Any, cfg: DictConfig, names: list[str], out_dir: Pat
         if (config.get("model_set", {}).get("name") == cfg.model_set.name and set(names) <= set(header)
                 and _same_dataset(config.get("dataset", {}), dataset)):
             found.append(path)
+    if not found and not cfg.ensemble.compute_sat:
+        raise SatlabError(f"no SAT matrix of model set {cfg.model_set.name} on this dataset: pass "
+                          "ensemble.sat_matrix=<sat_matrix.csv> (e.g. the paper's SAT_release.csv), or set "
+                          "ensemble.compute_sat=true to compute it here")
     if not found:
         log.info("ensemble.sat_matrix not given and no task=sat run of model set %s on this dataset config: "
                  "SAT is computed here with attack %s", cfg.model_set.name, cfg.attack.name)
@@ -111,8 +115,6 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> Path:
 def run(cfg: DictConfig) -> dict:
     """Score every pair and team of `cfg.model_set` on `cfg.dataset`; returns the summary."""
     ecfg = cfg.ensemble
-    if OmegaConf.is_missing(ecfg, "sat_matrix"):
-        raise SatlabError("ensemble.sat_matrix is required here: add ensemble.sat_matrix=<sat_matrix.csv>")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     rule = check_rule(str(ecfg.combine))
