@@ -144,3 +144,19 @@ def test_stats_kappa_resampling_and_correlations():
     assert set(table.predictor) == {"sat", "kappa"} and len(table) == 8
     ok = table.dropna()
     assert ((ok.ci_low <= ok.r + 1e-9) | (ok.ci_high >= ok.r - 1e-9)).all() and (ok.p_perm > 0).all()
+
+
+def test_digits_eval_noise_is_a_harder_eval_variant_only():
+    from satlab.data import data_fingerprint
+    from satlab.data.digits import digits
+
+    clean, noisy, again = digits(samples_per_class=3), digits(samples_per_class=3, eval_noise=0.1), \
+        digits(samples_per_class=3, eval_noise=0.1)
+    assert torch.equal(clean.train.images, noisy.train.images)  # the zoo's training data is untouched
+    assert np.array_equal(clean.eval.ids, noisy.eval.ids) and np.array_equal(clean.eval.labels, noisy.eval.labels)
+    diff = (noisy.eval.images.float() - clean.eval.images.float()) / 255.0
+    assert 0.05 < float(diff.std()) < 0.12  # clipping at 0 and 1 removes some of the 0.1
+    assert torch.equal(noisy.eval.images, again.eval.images)  # fixed per image
+    assert data_fingerprint(noisy.eval) != data_fingerprint(clean.eval)
+    with pytest.raises(SatlabError, match="eval_noise"):
+        digits(eval_noise=-0.1)

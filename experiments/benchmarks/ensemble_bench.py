@@ -78,7 +78,8 @@ def main() -> None:
     tick = time.perf_counter()
     stats = correlation_table(pairs.correct, scorer.correct.numpy(), pairs.first, pairs.second, sat,
                               n_boot=args.bootstrap, n_perm=args.permutations)
-    timings[f"correlations ({args.bootstrap} bootstraps, {args.permutations} permutations)"] = time.perf_counter() - tick
+    label = f"correlations ({args.bootstrap} bootstraps, {args.permutations} permutations)"
+    timings[label] = time.perf_counter() - tick
     tick = time.perf_counter()
     teams, _ = team_table(scorer, names, sat, list(range(2, args.max_k + 1)), list(STRATEGIES), args.random_teams)
     timings[f"teams k=2..{args.max_k}, {len(STRATEGIES)} strategies ({args.random_teams} random)"] = \
@@ -93,8 +94,8 @@ def main() -> None:
         print(f"| {name} | {seconds:.2f} |")
     print(f"| **total (all but the synthetic data), wall** | **{total:.2f}** |")
     print(f"| total CPU time of this process | {cpu_total:.2f} |")
-    print(f"\nload average (1, 5, 15 min) at the end: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} on {os.cpu_count()} cores "
-          "(other processes share the CPU: wall time above CPU time means waiting)")
+    print(f"\nload average (1, 5, 15 min) at the end: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} on "
+          f"{os.cpu_count()} cores (other processes share the CPU: wall time above CPU time means waiting)")
     print(f"\npeak resident memory: {peak_mib():.0f} MiB")
     conf = float(scorer.top_scores[:, :, 0].mean())
     print(f"mean top-1 probability of a model {conf:.3f}, mean model accuracy {scorer.accuracy.mean():.3f}")

@@ -44,7 +44,7 @@ def digits(
     """
     check_params(resolution, None, samples_per_class)
     if isinstance(eval_noise, bool) or not isinstance(eval_noise, (int, float)) or not 0 <= eval_noise <= 1:
-        raise SatlabError(f"dataset.eval_noise must be a number in [0, 1] (noise std in pixel units), got {eval_noise!r}")
+        raise SatlabError(f"dataset.eval_noise must be a number in [0, 1] (pixel noise std), got {eval_noise!r}")
     images, labels = digit_images(resolution)
     ids = np.arange(len(labels))
     train_ids, test_ids = train_test_split(

@@ -33,7 +33,8 @@ def check_teams(strategies: Sequence[str], sizes: Sequence[int], n_models: int) 
     """Unknown strategies and sizes outside [2, n_models] raise SatlabError."""
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
-        raise SatlabError(f"ensemble.strategies: unknown {unknown or 'empty list'}; choose from {', '.join(STRATEGIES)}")
+        raise SatlabError(f"ensemble.strategies: unknown {unknown or 'empty list'}; "
+                          f"choose from {', '.join(STRATEGIES)}")
     for k in sizes:
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= n_models:
             raise SatlabError(f"ensemble.team_sizes: {k!r} is not a team size; use integers from 2 to the number "

@@ -173,7 +173,8 @@ def run(cfg: DictConfig) -> dict:
     figures = {"Gain vs SAT and kappa": plots.plot_gain_vs_sat(table, stats, out / "gain_vs_sat.png", title),
                "Teams by strategy": plots.plot_teams(teams, out / "teams.png", title)}
     text = ensemble_section(info, models, table, stats, teams, {k: Path(v).name for k, v in figures.items()})
-    files["report"] = write_text(out / "report.md", f"# satlab ensemble report\n\nCommand: `{command_line()}`\n\n{text}")
+    text = f"# satlab ensemble report\n\nCommand: `{command_line()}`\n\n{text}"
+    files["report"] = write_text(out / "report.md", text)
     lines = headline(stats, teams)
     extra = {
         "models": names, "samples": len(preds.labels), "combine": rule, "sat_matrix": str(Path(matrix_path).resolve()),
