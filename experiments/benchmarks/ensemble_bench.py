@@ -71,7 +71,7 @@ def main() -> None:
     tick = time.perf_counter()
     scorer = Scorer(log_probs, labels, args.combine, top=args.top)
     del log_probs
-    timings["float16 -> float32 probabilities"] = time.perf_counter() - tick
+    timings[f"scorer setup (top-{args.top} classes of each model)"] = time.perf_counter() - tick
     tick = time.perf_counter()
     pairs = pair_results(scorer, names)
     timings[f"{len(pairs.table)} pairs"] = time.perf_counter() - tick
