@@ -139,3 +139,20 @@ def test_presets_compose(tmp_path):
     assert paper.task.name == "ensemble" and len(paper.model_set.models) == 68
     with pytest.raises(SatlabError, match="ensemble.sat_matrix"):
         run(paper)
+
+
+RELEASED = next((p / "shared" / "reference" / "sat-official" / "SAT_release.csv" for p in (ROOT.parent, ROOT.parents[1])
+                 if (p / "shared" / "reference" / "sat-official" / "SAT_release.csv").is_file()), None)
+
+
+@pytest.mark.skipif(RELEASED is None, reason="the paper's SAT_release.csv is not in ../shared/reference/sat-official/")
+def test_released_matrix_serves_as_sat_for_paper69(tmp_path):
+    from satlab.tasks.ensemble import load_sat
+
+    paper = compose_cfg(["experiment=paper69_ensemble", "dataset.root=/data/val"], tmp_path)
+    names = list(paper.model_set.models)
+    sat = load_sat(RELEASED, names, 1e-6)
+    assert sat.shape == (68, 68) and np.allclose(sat, sat.T)
+    assert np.isfinite(sat[np.triu_indices(68, 1)]).all()
+    with pytest.raises(SatlabError, match="lacks 1 model"):
+        load_sat(RELEASED, [*names[:3], "digits_only_model"], 1e-6)
