@@ -124,6 +124,8 @@ def run(cfg: DictConfig) -> dict:
     strategies = [str(s) for s in ecfg.strategies]
     check_teams(strategies, sizes, len(names))
     _check_counts(ecfg)
+    if ecfg.get("team_sizes") is None:
+        log.info("ensemble.team_sizes not given: teams of %s models", sizes)
     out = output_dir(cfg)
     matrix_path = find_sat_matrix(ecfg.get("sat_matrix"), cfg, names, out)
     sat = load_sat(matrix_path, names, float(ecfg.symmetric_tol)) if matrix_path else None
