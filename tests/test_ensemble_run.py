@@ -156,3 +156,13 @@ def test_released_matrix_serves_as_sat_for_paper69(tmp_path):
     assert np.isfinite(sat[np.triu_indices(68, 1)]).all()
     with pytest.raises(SatlabError, match="lacks 1 model"):
         load_sat(RELEASED, [*names[:3], "digits_only_model"], 1e-6)
+
+
+def test_without_a_matrix_sat_is_computed_in_the_run(tmp_path, monkeypatch, one_thread):
+    monkeypatch.chdir(tmp_path)  # no outputs/sat/* runs to find here
+    summary = run(compose_cfg([*TINY, "attack=fgsm", "ensemble.team_sizes=[2]"], tmp_path))
+    assert summary["sat_computed_here"] and (tmp_path / "out" / "sat_matrix.csv").is_file()
+    pairs = pd.read_csv(tmp_path / "out" / "ensemble_pairs.csv")
+    assert len(pairs) == 6 and set(pd.read_csv(tmp_path / "out" / "ensemble_teams.csv").k) == {2}
+    with pytest.raises(SatlabError, match="compute_sat"):
+        run(compose_cfg([*TINY, "ensemble.compute_sat=false"], tmp_path / "again"))
