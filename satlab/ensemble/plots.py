@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from satlab.analysis.plots import _save, plt
+from satlab.analysis.plots import save_figure, plt
 
 
 def _stat(stats: pd.DataFrame, predictor: str) -> str:
@@ -36,7 +36,7 @@ def plot_gain_vs_sat(pairs: pd.DataFrame, stats: pd.DataFrame, path: str | os.Pa
         ax.set_ylabel("pair ensemble gain over the better member (points)")
         ax.set_title(_stat(stats, column), fontsize=9)
     fig.suptitle(title or "Does similarity predict the ensemble gain?")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_teams(teams: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
@@ -54,4 +54,4 @@ def plot_teams(teams: pd.DataFrame, path: str | os.PathLike, title: str = "") ->
     ax.set_xticks(sorted(teams["k"].unique()))
     ax.set_title(title or "Teams by strategy")
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -103,7 +103,7 @@ def predict_log_probs(
             result.timings[f"predict:{names[i]}"] = time.perf_counter() - start
             result.computed.append(names[i])
             if paths[i] is not None:
-                _save(paths[i], rows[i], ids)
+                save_log_probs(paths[i], rows[i], ids)
     classes = {int(row.shape[1]) for row in rows if row is not None}
     if len(classes) > 1:
         raise SatlabError(f"the models output different numbers of classes {sorted(classes)}; they cannot be combined")
@@ -132,7 +132,7 @@ def _load(path: Path | None, ids: np.ndarray) -> torch.Tensor | None:
         return None
 
 
-def _save(path: Path, log_probs: torch.Tensor, ids: np.ndarray) -> None:
+def save_log_probs(path: Path, log_probs: torch.Tensor, ids: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, log_probs=log_probs.numpy(), sample_ids=ids)

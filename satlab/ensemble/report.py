@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from satlab.analysis.report import _table
+from satlab.analysis.report import markdown_table
 
 
 def headline(stats: pd.DataFrame, teams: pd.DataFrame) -> list[str]:
@@ -34,17 +34,17 @@ def ensemble_section(info: dict[str, Any], models: pd.DataFrame, pairs: pd.DataF
         f"Data: {info['data']} ({info['samples']} images). Combine rule: `{info['combine']}`. "
         f"SAT matrix: `{info['sat_source']}`. Gains are in accuracy (fraction), over the better member "
         "(`gain_best`) and over the members' mean (`gain_mean`). Member accuracy is measured on the same images.",
-        "### Models", _table(models),
+        "### Models", markdown_table(models),
         "### Does SAT predict the gain?",
         "Spearman/Pearson over pairs; 95% CI: bootstrap over images (gains and kappa recomputed, SAT fixed); "
         "p: permutation of model labels (Mantel test). A negative r means: the more similar, the smaller the gain.",
-        _table(stats.drop(columns=["n_perm"])),
+        markdown_table(stats.drop(columns=["n_perm"])),
         f"### Pairs (best {min(10, len(shown))} and worst {min(5, len(shown))} by gain; all in ensemble_pairs.csv)",
-        _table(pd.concat([shown.head(10), shown.tail(5)])[cols].drop_duplicates()),
+        markdown_table(pd.concat([shown.head(10), shown.tail(5)])[cols].drop_duplicates()),
         "### Teams at equal size",
         "`random_pNN`: percentiles over random teams (each column separately); `random_percentile`: where a "
         "strategy's accuracy falls among the random teams.",
-        _table(teams.drop(columns=["nll", "ece"])),
+        markdown_table(teams.drop(columns=["nll", "ece"])),
     ]
     parts += [f"![{name}]({file})" for name, file in figures.items()]
     return "\n\n".join(parts) + "\n"
