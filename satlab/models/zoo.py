@@ -1,96 +1,25 @@
-"""The digits zoo: small timm architectures that satlab trains on the spot and caches.
+"""The digits zoo: small timm architectures that satlab trains on the spot (through `satlab.train`) and caches.
 
-A zoo model is a spec with `train_seed`. Its weights are cached as safetensors under
-`<cache_dir>/zoo/<name>-<key>.safetensors`, where the key hashes everything that determines them (architecture,
-arguments, seed, training config, dataset, resolution, class count). Later runs load them instead of training.
+A zoo model is a spec with `train_seed`. Its recipe is the model set's `train` node merged with the spec's own
+`train` overrides (`satlab.train.recipe`). Its weights are cached as safetensors under
+`<cache_dir>/zoo/<name>-<key>.safetensors`, where the key hashes everything that determines them: architecture,
+arguments, the name-derived init seed, train seed, the initial weights' hash, the training data's content, the
+full recipe, the Trainer options that change results, resolution, class count and a version.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import time
-from dataclasses import dataclass, replace
+import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import pytorch_lightning as pl
-import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset
-from torchmetrics.classification import MulticlassAccuracy
-
+from satlab.data import DatasetSplits
 from satlab.models.factory import create_timm, data_overrides
 from satlab.models.specs import ModelSpec
 from satlab.models.wrapper import PixelModel
-from satlab.utils import SatlabError, atomic_path, stable_hash, write_json
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How a zoo model is trained (AdamW, one-cycle schedule, random shifts)."""
-
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.0
-    max_shift: int = 2  # random translation in pixels (augmentation)
-
-
-class Classifier(pl.LightningModule):
-    """Trains a PixelModel with cross-entropy; reports test accuracy."""
-
-    def __init__(self, model: PixelModel, cfg: TrainConfig, num_classes: int) -> None:
-        super().__init__()
-        self.model = model
-        self.cfg = cfg
-        self.accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
-
-    def _shift(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.cfg.max_shift
-        if s <= 0:
-            return x
-        dx, dy = torch.randint(-s, s + 1, (2,)).tolist()
-        padded = F.pad(x, (s, s, s, s))
-        h, w = x.shape[-2:]
-        return padded[..., s + dy : s + dy + h, s + dx : s + dx + w]
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y, _ = batch
-        loss = F.cross_entropy(self.model(self._shift(x)), y, label_smoothing=self.cfg.label_smoothing)
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y, _ = batch
-        self.accuracy.update(self.model(x).argmax(1), y)
-        self.log("test_acc", self.accuracy, prog_bar=True)
-
-    def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.cfg.lr, total_steps=int(self.trainer.estimated_stepping_batches), pct_start=0.2
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def zoo_key(spec: ModelSpec, cfg: TrainConfig, dataset: str, resolution: int, num_classes: int) -> str:
-    """Hash of everything that determines a zoo model's weights."""
-    return stable_hash(
-        {
-            "timm_name": spec.timm_name,
-            "model_args": dict(spec.model_args),
-            "seed": spec.train_seed,
-            "train": cfg.__dict__,
-            "dataset": dataset,
-            "resolution": resolution,
-            "num_classes": num_classes,
-        }
-    )
+from satlab.train import Recipe, train_or_load
+from satlab.utils import SatlabError
 
 
 def build_zoo_model(spec: ModelSpec, num_classes: int, resolution: int) -> PixelModel:
@@ -99,53 +28,30 @@ def build_zoo_model(spec: ModelSpec, num_classes: int, resolution: int) -> Pixel
     return PixelModel.from_timm(model, data_overrides(replace(spec, input_size=spec.input_size or "dataset"), resolution))
 
 
+def zoo_recipe(spec: ModelSpec, train: Mapping[str, Any] | None) -> Recipe:
+    """The model set's recipe with the spec's own overrides."""
+    try:
+        return Recipe.from_config(train, spec.train)
+    except SatlabError as err:
+        raise SatlabError(f"model '{spec.name}': {err}") from None
+
+
 def load_or_train(
     spec: ModelSpec,
-    train_data: Dataset | None,
-    test_data: Dataset,
-    num_classes: int,
-    resolution: int,
-    dataset_name: str,
-    train_cfg: TrainConfig,
+    data: DatasetSplits,
+    train: Mapping[str, Any] | None,
     cache_dir: str | Path,
-    trainer_kwargs: Mapping[str, Any] | None = None,
-) -> tuple[PixelModel, str, dict[str, Any]]:
-    """Load a zoo model from the cache, or train it (Lightning) and cache it. Returns (model, key, info)."""
-    train_cfg = replace(train_cfg, **dict(spec.train))
-    key = zoo_key(spec, train_cfg, dataset_name, resolution, num_classes)
-    weights = Path(cache_dir) / "zoo" / f"{spec.name}-{key}.safetensors"
-    meta_path = weights.with_suffix(".json")
-    pl.seed_everything(int(spec.train_seed or 0), verbose=False)
-    model = build_zoo_model(spec, num_classes, resolution)
-    if weights.is_file() and meta_path.is_file():
-        model.model.load_state_dict(load_file(str(weights)))
-        info = json.loads(meta_path.read_text()) | {"cached": True}
-        return model.eval(), key, info
-    if train_data is None:
-        raise SatlabError(f"zoo model '{spec.name}' is not cached and dataset '{dataset_name}' has no train split")
-    log.info("training zoo model %s (%s, seed %s)", spec.name, spec.timm_name, spec.train_seed)
-    start = time.perf_counter()
-    trainer = pl.Trainer(
-        max_epochs=train_cfg.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        check_val_every_n_epoch=train_cfg.epochs,
-        **dict(trainer_kwargs or {}),
-    )
-    loader = DataLoader(train_data, batch_size=train_cfg.batch_size, shuffle=True, drop_last=True)
-    trainer.fit(Classifier(model, train_cfg, num_classes), loader, DataLoader(test_data, batch_size=256))
-    model = model.cpu().eval()
-    info = {
-        "name": spec.name,
-        "timm_name": spec.timm_name,
-        "key": key,
-        "test_accuracy": round(float(trainer.callback_metrics["test_acc"]), 6),  # the final epoch's validation
-        "train_seconds": round(time.perf_counter() - start, 2),
-        "train": train_cfg.__dict__,
+    trainer_cfg: Mapping[str, Any] | None = None,
+) -> tuple[PixelModel, dict[str, Any]]:
+    """Load a zoo model from the cache, or train it on `data.train` and cache it. Returns (model, info)."""
+    seed = int(spec.train_seed or 0)
+    identity = {
+        "arch": spec.timm_name,
+        "model_args": dict(spec.model_args),
+        "init_seed": zlib.crc32(f"{seed}:{spec.name}".encode()),
+        "train_seed": seed,
     }
-    with atomic_path(weights) as tmp:
-        save_file({k: v.contiguous() for k, v in model.model.state_dict().items()}, str(tmp))
-    write_json(meta_path, info)
-    return model, key, info | {"cached": False}
+    return train_or_load(
+        lambda: build_zoo_model(spec, data.num_classes, data.resolution), spec.name, zoo_recipe(spec, train), data,
+        cache_dir, trainer_cfg, seed=seed, identity=identity, subdir="zoo",
+    )

@@ -22,6 +22,7 @@ from satlab.sat.engine import compute_records
 from satlab.sat.records import save_records, write_matrix
 from satlab.tasks.common import build, output_dir, write_summary
 from satlab.tasks.tracking import start_tracking
+from satlab.train import engine_trainer_kwargs
 from satlab.utils import SatlabError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,9 @@ def run(cfg: DictConfig) -> dict:
     timings["data"] = time.perf_counter() - start
     if len(data.eval) == 0:
         raise SatlabError(f"dataset '{data.name}' has no evaluation images")
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     start = time.perf_counter()
-    loaded = load_models(specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"), trainer_kwargs)
+    loaded = load_models(specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"), trainer_cfg)
     timings["models"] = time.perf_counter() - start
 
     tracker = start_tracking(cfg, "sat", out)
@@ -67,7 +68,7 @@ def run(cfg: DictConfig) -> dict:
     result = compute_records(
         [m.model for m in loaded], [m.spec.name for m in loaded], [m.key for m in loaded], data.eval, attack,
         seed=int(cfg.seed), batch_size=int(params.batch_size), num_workers=int(params.num_workers),
-        cache_dir=Path(cfg.paths.cache_dir) if params.resume else None, trainer_kwargs=trainer_kwargs,
+        cache_dir=Path(cfg.paths.cache_dir) if params.resume else None, trainer_kwargs=engine_trainer_kwargs(trainer_cfg),
     )
     timings["engine"] = time.perf_counter() - start
     records = result.records
