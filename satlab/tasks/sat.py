@@ -23,6 +23,7 @@ from satlab.sat.records import save_records, write_matrix
 from satlab.tasks.common import build, output_dir, write_summary
 from satlab.tasks.tracking import start_tracking
 from satlab.train import engine_trainer_kwargs
+from satlab.train.finetune import load_trained
 from satlab.utils import SatlabError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,10 @@ def run(cfg: DictConfig) -> dict:
         raise SatlabError(f"dataset '{data.name}' has no evaluation images")
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     start = time.perf_counter()
-    loaded = load_models(specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"), trainer_cfg)
+    if cfg.model_set.get("trained_from"):  # the models a task=train run fine-tuned on this dataset
+        loaded = load_trained(specs, cfg.model_set.trained_from, data, int(cfg.seed))
+    else:
+        loaded = load_models(specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"), trainer_cfg)
     timings["models"] = time.perf_counter() - start
 
     tracker = start_tracking(cfg, "sat", out)
