@@ -62,7 +62,12 @@ def configure_optimization(
         fill["total_steps"] = int(total_steps)
     if "max_lr" in accepted and "max_lr" not in given:
         fill["max_lr"] = opt.defaults["lr"]
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(opt, **fill), "interval": interval}}
+    try:
+        sched = scheduler(opt, **fill)
+    except (ZeroDivisionError, ValueError) as err:
+        raise SatlabError(f"the scheduler cannot run {total_steps} step(s) ({err or type(err).__name__}); train "
+                          "longer, use a smaller batch_size, or set the recipe's scheduler to null") from None
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
 
 
 class ClassifierModule(pl.LightningModule):
