@@ -74,3 +74,21 @@ def test_fewer_than_three_common_models_is_an_error(tmp_path, capsys):
     with pytest.raises(SatlabError, match="share 2 model"):
         run(compare_cfg(tmp_path, tmp_path / "a.csv", tmp_path / "b.csv"))
     assert not (tmp_path / "out" / "comparison.json").exists()
+
+
+def test_tsne_map_beside_mds(tmp_path):
+    from satlab.analysis.clustering import model_map, sat_distance
+
+    rng = np.random.default_rng(2)
+    sat = block_matrix(3, 3, rng, noise=0.05)
+    dist = sat_distance(sat)
+    tsne = model_map(dist, "tsne", seed=0)
+    assert tsne.shape == (9, 2) and np.allclose(tsne, model_map(dist, "tsne", seed=0))  # seeded
+    within = np.linalg.norm(tsne[0] - tsne[1])
+    across = np.linalg.norm(tsne[0] - tsne[3])
+    assert within < across  # models of one block land together
+    assert model_map(dist, "mds").shape == (9, 2)
+    from satlab.analysis.plots import plot_model_map
+
+    plot_model_map([f"m{i}" for i in range(9)], tsne, np.repeat(np.arange(3), 3), tmp_path / "map.png", method="tsne")
+    assert (tmp_path / "map.png").stat().st_size > 0
