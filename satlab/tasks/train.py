@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from satlab.data import data_fingerprint
-from satlab.models.factory import check_arch
+from satlab.models.factory import check_arch, create_timm
 from satlab.models.loading import load_models
 from satlab.models.specs import model_specs
 from satlab.tasks.common import build, output_dir, write_summary
 from satlab.train import Recipe, train_or_load
 from satlab.train.finetune import MANIFEST, source_network, with_new_head, write_manifest
+from satlab.train.module import head_module
 from satlab.utils import SatlabError, atomic_path, state_dict_hash
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,9 @@ def run(cfg: DictConfig) -> dict:
     if data.train is None or len(data.train) == 0:
         raise SatlabError(f"dataset '{data.name}' has an empty train split; task=train needs training images")
     seed = int(params.seed)
+    if mode == "head":  # every model must have a known head before anything is trained
+        for spec in specs:
+            head_module(create_timm(replace(spec, pretrained=False), data.num_classes, seed), spec.name)
     sources = {}
     if zoo:
         source_data = build(cfg.train, "source_dataset")
