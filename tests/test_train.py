@@ -91,6 +91,9 @@ def test_trainer_options_from_config(data, tmp_path, one_thread):
     assert again["cached"] and again["key"] == info["key"]
     _, fp32 = load_or_train(spec, data, {"epochs": 5, "batch_size": 16}, tmp_path, {**cfg, "precision": "32-true"})
     assert fp32["key"] != info["key"]  # precision changes the weights, so it changes the key
+    from satlab.train.fit import key_options
+
+    assert key_options({**QUIET, "precision": "32-true", "callbacks": {}}) == key_options({}) == {}
     assert engine_trainer_kwargs(cfg) == {**QUIET, "precision": "bf16-mixed"}
     with pytest.raises(SatlabError, match="trainer"):
         build_trainer({"no_such_option": 1}, epochs=1)

@@ -30,6 +30,17 @@ ENGINE_KEYS = ("accelerator", "devices", "num_nodes", "precision", "enable_progr
 # Trainer options that do not change the weights (left out of cache keys)
 NOT_IN_KEY = ("accelerator", "devices", "num_nodes", "enable_progress_bar", "enable_model_summary", "logger",
               "enable_checkpointing", "default_root_dir", "log_every_n_steps", "max_epochs", "_target_")
+# Lightning's defaults: an option set to its default keys the same weights as the option left out
+TRAINER_DEFAULTS: dict[str, Any] = {"precision": "32-true", "callbacks": {}, "gradient_clip_val": None,
+                                    "accumulate_grad_batches": 1}
+
+
+def key_options(trainer_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The Trainer options that change trained weights, without those at Lightning's defaults."""
+    opts = {k: v for k, v in _plain(trainer_cfg or {}).items() if k not in NOT_IN_KEY}
+    if str(opts.get("precision")) == "32":
+        opts["precision"] = "32-true"
+    return {k: v for k, v in opts.items() if k not in TRAINER_DEFAULTS or TRAINER_DEFAULTS[k] != v}
 
 
 def engine_trainer_kwargs(trainer_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -81,14 +92,13 @@ def weights_key(identity: Mapping[str, Any], net: PixelModel, recipe: Recipe, ep
                 trainer_cfg: Mapping[str, Any] | None, data: DatasetSplits) -> str:
     """Hash of everything that determines trained weights: the starting weights (hash), what is trained, the
     data's content, the recipe, the Trainer options that change results, resolution, classes, a version."""
-    trainer_opts = {k: v for k, v in _plain(trainer_cfg or {}).items() if k not in NOT_IN_KEY}
     return stable_hash({
         "version": VERSION,
         **dict(identity),
         "start_weights": net.fingerprint(),
         "data": data_key,
         "recipe": {**recipe.key(), "epochs": epochs},
-        "trainer": trainer_opts,
+        "trainer": key_options(trainer_cfg),
         "resolution": data.resolution,
         "num_classes": data.num_classes,
     })
