@@ -15,11 +15,11 @@ from PIL import Image
 
 from satlab.attacks import create_attack
 from satlab.data import data_fingerprint
-from satlab.data.common import TensorImages
+from satlab.data.common import DatasetSplits, TensorImages
 from satlab.data.folders import imagefolder
 from satlab.models.factory import build_model
 from satlab.models.specs import ModelSpec
-from satlab.models.zoo import TrainConfig, load_or_train
+from satlab.models.zoo import load_or_train
 from satlab.sat.engine import compute_records
 from satlab.utils import SatlabError, check_writable_dir
 
@@ -164,14 +164,18 @@ def test_same_seed_same_records_other_seed_other_records(tmp_path):
 
 # --- zoo weights: keyed by what determines them ---------------------------------------------------------------
 
-RECIPE = TrainConfig(epochs=1, batch_size=8, lr=1e-3, max_shift=0)
+RECIPE = {"epochs": 1, "batch_size": 8, "optimizer": {"lr": 1e-3}, "augment": {"max_shift": 0}}
 ZOO_SPEC = ModelSpec("net", "test_resnet", train_seed=0)
 
 
+def splits(train):
+    return DatasetSplits("tiny", train, images(6, seed=2), 3, 16, ["a", "b", "c"])
+
+
 def zoo(cache, spec=ZOO_SPEC, train=None, recipe=RECIPE):
-    model, key, info = load_or_train(spec, train if train is not None else images(16, seed=1), images(6, seed=2),
-                                     3, 16, "tiny", recipe, cache, QUIET)
-    return model.fingerprint(), key, info
+    model, info = load_or_train(spec, splits(train if train is not None else images(16, seed=1)), recipe, cache,
+                                QUIET)
+    return model.fingerprint(), info["key"], info
 
 
 def test_zoo_key_follows_training_data_name_and_recipe(tmp_path):
@@ -181,13 +185,13 @@ def test_zoo_key_follows_training_data_name_and_recipe(tmp_path):
     inverted = images(16, seed=1)
     inverted.images = 255 - inverted.images  # another training tree with the same layout
     for other in (zoo(tmp_path, train=inverted), zoo(tmp_path, spec=replace(ZOO_SPEC, name="net2")),
-                  zoo(tmp_path, recipe=replace(RECIPE, lr=2e-3))):
+                  zoo(tmp_path, recipe={**RECIPE, "optimizer": {"lr": 2e-3}})):
         assert other[2]["cached"] is False and other[1] != key and other[0] != weights
 
 
 def test_zoo_needs_a_training_split(tmp_path):
-    with pytest.raises(SatlabError, match="train_root"):
-        load_or_train(ZOO_SPEC, None, images(6), 3, 16, "tiny", RECIPE, tmp_path, QUIET)
+    with pytest.raises(SatlabError, match="empty train split"):
+        load_or_train(ZOO_SPEC, splits(None), RECIPE, tmp_path, QUIET)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".json"])

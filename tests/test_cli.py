@@ -85,8 +85,8 @@ def test_config_checks_pass_for_every_preset(tmp_path):
 
 
 def test_experiment_presets(tmp_path):
-    assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) == [
-        "ensemble_digits", "paper69_ensemble", "paper69_imagenet", "smoke"]
+    assert {"ensemble_digits", "paper69_ensemble", "paper69_imagenet", "smoke"} <= {
+        p.stem for p in (CONF / "experiment").glob("*.yaml")}
     paper = compose_cfg(["experiment=paper69_imagenet", "dataset.root=/data/val"], tmp_path)
     assert paper.dataset.name == "imagenet" and paper.dataset.samples_per_class == 5
     assert len(paper.model_set.models) == 68 and "gluon_xception65" not in paper.model_set.models

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from satlab.attacks import create_attack
 from satlab.data.digits import digits
 from satlab.models.specs import model_specs
-from satlab.models.zoo import TrainConfig, load_or_train
+from satlab.models.zoo import load_or_train
 from satlab.sat import metric
 from satlab.sat.engine import compute_records
 from satlab.sat.reference import pairwise_records
@@ -27,8 +27,7 @@ def tiny_setup(tmp_path_factory):
     cache = tmp_path_factory.mktemp("zoo")
     specs = model_specs(OmegaConf.load(CONF / "model_set" / "timm_tiny.yaml"))
     models = [
-        load_or_train(replace(s, train_seed=i), data.train, data.eval, 10, 32, "digits",
-                      TrainConfig(epochs=2, lr=3e-3), cache, QUIET)[0]
+        load_or_train(replace(s, train_seed=i), data, {"epochs": 2, "optimizer": {"lr": 3e-3}}, cache, QUIET)[0]
         for i, s in enumerate(specs)
     ]
     return data, specs, models

@@ -154,3 +154,25 @@ def classical_mds(dist: np.ndarray, dims: int = 2) -> np.ndarray:
         if coords[np.argmax(np.abs(coords[:, j])), j] < 0:
             coords[:, j] *= -1
     return coords
+
+
+MAPS = ("mds", "tsne")
+
+
+def tsne_map(dist: np.ndarray, seed: int = 0, perplexity: float | None = None) -> np.ndarray:
+    """t-SNE of a distance matrix (the paper's Fig. 1) -> coordinates [n, 2]; perplexity defaults to
+    min(30, (n - 1) / 3). Seeded, so a run is reproducible; unlike MDS the axes carry no meaning."""
+    from sklearn.manifold import TSNE
+
+    dist = np.asarray(dist, dtype=float)
+    n = dist.shape[0]
+    perplexity = float(perplexity) if perplexity else max(1.0, min(30.0, (n - 1) / 3.0))
+    tsne = TSNE(2, metric="precomputed", init="random", perplexity=min(perplexity, n - 1.0), random_state=seed)
+    return tsne.fit_transform(dist)
+
+
+def model_map(dist: np.ndarray, method: str = "mds", seed: int = 0) -> np.ndarray:
+    """2-D coordinates of the models: classical MDS (deterministic) or t-SNE (seeded)."""
+    if method not in MAPS:
+        raise ValueError(f"map method must be one of {MAPS}, got {method!r}")
+    return classical_mds(dist) if method == "mds" else tsne_map(dist, seed)

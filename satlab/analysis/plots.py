@@ -58,7 +58,8 @@ def plot_cluster_heatmap(
 
 
 def plot_model_map(
-    names: Sequence[str], coords: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str = ""
+    names: Sequence[str], coords: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str = "",
+    method: str = "mds",
 ) -> Path:
     """2-D map of the models (e.g. classical MDS of SAT distances), coloured by cluster, every point labelled."""
     k = int(np.max(labels)) + 1 if len(labels) else 1
@@ -70,9 +71,10 @@ def plot_model_map(
     fontsize = max(4.0, min(9.0, 300.0 / max(len(names), 1)))
     for (x, y), name in zip(coords, names):
         ax.annotate(name, (x, y), fontsize=fontsize, xytext=(2, 2), textcoords="offset points")
-    ax.set_xlabel("MDS 1")
-    ax.set_ylabel("MDS 2")
-    ax.set_title(title or "Models by SAT distance (classical MDS)")
+    axis = "MDS" if method == "mds" else "t-SNE"
+    ax.set_xlabel(f"{axis} 1")
+    ax.set_ylabel(f"{axis} 2")
+    ax.set_title(title or f"Models by SAT distance ({'classical MDS' if method == 'mds' else 't-SNE'})")
     ax.legend(fontsize=7, loc="best", ncol=2 if k > 6 else 1)
     return save_figure(fig, path)
 

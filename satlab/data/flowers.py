@@ -63,13 +63,20 @@ def flowers102(
     resolution: int = 224,
     samples_per_class: int | None = 10,
     subset_seed: int = 0,
+    train_splits: tuple[str, ...] | list[str] = ("train",),
 ) -> DatasetSplits:
-    """Flowers-102: train = `trnid`, eval = `split` (test/val/train) reduced to the balanced subset."""
+    """Flowers-102: train = the `train_splits` (`trnid`; ["train", "val"]: the 2,040 images fine-tuning uses),
+    eval = `split` (test/val/train) reduced to the balanced subset."""
     check_params(resolution, resize, samples_per_class)
+    train_splits = [train_splits] if isinstance(train_splits, str) else list(train_splits)
     base = flowers_dir(root)
+    parts = [flowers_split(base, part, resize, resolution) for part in train_splits]
+    train = None if not parts else parts[0] if len(parts) == 1 else FileImages(
+        [p for part in parts for p in part.paths], np.concatenate([part.labels for part in parts]),
+        np.concatenate([part.ids for part in parts]), resize, resolution)
     return DatasetSplits(
         name=name,
-        train=flowers_split(base, "train", resize, resolution),
+        train=train,
         eval=balanced_subset(flowers_split(base, split, resize, resolution), samples_per_class, subset_seed),
         num_classes=NUM_CLASSES,
         resolution=resolution,

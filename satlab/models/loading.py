@@ -10,8 +10,7 @@ from satlab.data import DatasetSplits
 from satlab.models.factory import build_model, check_arch, check_classes, check_input_size
 from satlab.models.specs import ModelSpec
 from satlab.models.wrapper import PixelModel
-from satlab.models.zoo import TrainConfig, build_zoo_model, load_or_train
-from satlab.utils import SatlabError
+from satlab.models.zoo import build_zoo_model, load_or_train, zoo_recipe
 
 
 @dataclass
@@ -28,25 +27,19 @@ def load_models(
     seed: int,
     cache_dir: str | Path,
     train: Mapping[str, Any] | None = None,
-    trainer_kwargs: Mapping[str, Any] | None = None,
+    trainer_cfg: Mapping[str, Any] | None = None,
 ) -> list[LoadedModel]:
     """Build (or train and cache, for zoo specs) every model, checking it against the dataset's classes."""
     for spec in specs:  # every name and class count is checked before anything is trained or downloaded
         check_arch(spec.timm_name)
         check_classes(spec, data.num_classes)
-        if spec.train_seed is not None:  # before training anything: can the model take the dataset's images?
+        if spec.train_seed is not None:  # before training anything: the recipe, and can it take the images?
+            zoo_recipe(spec, train)
             check_input_size(build_zoo_model(spec, data.num_classes, data.resolution), spec.name, data.resolution)
-    try:
-        train_cfg = TrainConfig(**dict(train or {}))
-    except TypeError as err:
-        raise SatlabError(f"model_set.train: {err}; known keys: {list(TrainConfig.__dataclass_fields__)}") from None
     loaded = []
     for spec in specs:
         if spec.train_seed is not None:
-            model, _, info = load_or_train(
-                spec, data.train, data.eval, data.num_classes, data.resolution, data.name, train_cfg,
-                cache_dir, trainer_kwargs,
-            )
+            model, info = load_or_train(spec, data, train, cache_dir, trainer_cfg)
         else:
             model, info = build_model(spec, data.num_classes, data.resolution, seed), {}
         loaded.append(LoadedModel(spec, model, model.fingerprint(), info))

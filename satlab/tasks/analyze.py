@@ -190,6 +190,9 @@ def records_extras(kappa_inputs, names: list[str], eps_s: float, acfg: DictConfi
 def run(cfg: DictConfig) -> dict:
     """Analyse a SAT matrix; returns the summary written to summary.json."""
     acfg = cfg.analyze
+    map_method = str(acfg.get("map", "mds"))
+    if map_method not in clu.MAPS:
+        raise SatlabError(f"analyze.map must be one of {', '.join(clu.MAPS)}, got {map_method!r}")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     _check_plain_options(acfg)
@@ -235,7 +238,7 @@ def run(cfg: DictConfig) -> dict:
         log.info("analyze.max_clusters=%s: the eigengap searches up to %d clusters (number of models - 1)",
                  acfg.max_clusters, max_clusters)
     result = clu.spectral_clusters(sat, acfg.get("n_clusters"), max_clusters, str(acfg.affinity))
-    coords = clu.classical_mds(clu.sat_distance(sat))
+    coords = clu.model_map(clu.sat_distance(sat), map_method, int(acfg.seed))
     clusters = pd.DataFrame({"model": names, "cluster": result.labels, "family": [families[n] for n in names]})
     timings["clustering"] = time.perf_counter() - tick
 
@@ -259,7 +262,8 @@ def run(cfg: DictConfig) -> dict:
                                                       f"Component importance ({imp.model})"),
         "SAT sorted by cluster": plots.plot_cluster_heatmap(names, raw, result.labels,
                                                             out_dir / "clusters_heatmap.png", floored),
-        "Model map": plots.plot_model_map(names, coords, result.labels, out_dir / "model_map.png"),
+        "Model map": plots.plot_model_map(names, coords, result.labels, out_dir / "model_map.png",
+                                          method=map_method),
         "Eigenvalues and eigengap": plots.plot_eigenvalues(result.eigenvalues, result.n_clusters, result.eigengap_k,
                                                            out_dir / "eigengap.png"),
     }

@@ -23,6 +23,8 @@ from satlab.sat.engine import compute_records
 from satlab.sat.records import save_records, write_matrix
 from satlab.tasks.common import build, output_dir, write_summary
 from satlab.tasks.tracking import start_tracking
+from satlab.train import engine_trainer_kwargs
+from satlab.train.finetune import load_trained
 from satlab.utils import SatlabError, atomic_path, check_writable_dir
 
 log = logging.getLogger(__name__)
@@ -62,9 +64,12 @@ def run(cfg: DictConfig) -> dict:
     timings["data"] = time.perf_counter() - start
     if len(data.eval) == 0:
         raise SatlabError(f"dataset '{data.name}' has no evaluation images")
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     start = time.perf_counter()
-    loaded = load_models(specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"), trainer_kwargs)
+    if cfg.model_set.get("trained_from"):  # the models a task=train run fine-tuned on this dataset
+        loaded = load_trained(specs, cfg.model_set.trained_from, data, int(cfg.seed))
+    else:
+        loaded = load_models(specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"), trainer_cfg)
     timings["models"] = time.perf_counter() - start
 
     tracker = start_tracking(cfg, "sat", out)
@@ -72,7 +77,7 @@ def run(cfg: DictConfig) -> dict:
     result = compute_records(
         [m.model for m in loaded], [m.spec.name for m in loaded], [m.key for m in loaded], data.eval, attack,
         seed=int(cfg.seed), batch_size=int(params.batch_size), num_workers=int(params.num_workers),
-        cache_dir=Path(cfg.paths.cache_dir) if params.resume else None, trainer_kwargs=trainer_kwargs,
+        cache_dir=Path(cfg.paths.cache_dir) if params.resume else None, trainer_kwargs=engine_trainer_kwargs(trainer_cfg),
     )
     timings["engine"] = time.perf_counter() - start
     records = result.records
