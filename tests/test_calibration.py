@@ -1,6 +1,6 @@
 """The paper69 calibration: the sweep preset composes, and the report compares runs with the released matrix.
 
-The report is tested end to end on a tiny digits multirun (timm's random test models, 2 budgets), and on
+The report is tested end to end on a tiny digits multirun (3 briefly trained zoo models, 2 budgets), and on
 fake runs cut from the released matrix itself, whose answers are known. Tests that need the released
 SAT_release.csv skip when it is absent (it lives outside the repository).
 """
@@ -86,16 +86,22 @@ def test_report_finds_the_released_scale(reference, tmp_path):
     assert best["run"] == "1" and best["eps_255"] == pytest.approx(4) and best["steps"] == 10
     assert best["score"] == 0 and best["spearman_pairs"] == pytest.approx(1) and best["median_abs_sat_diff"] == 0
     assert best["shared_models"] == 6 and best["pairs"] == best["ref_pairs"] == 15
-    assert other["ks_transfer"] >= 0.5 and other["ks_whitebox"] == 0 and other["median_abs_sat_diff"] == pytest.approx(1)
+    assert other["ks_transfer"] >= 0.5 and other["ks_whitebox"] == 0
+    assert other["median_abs_sat_diff"] == pytest.approx(1)
     assert other["transfer_q50"] == pytest.approx(best["transfer_q50"] / math.e)
 
 
 def test_report_end_to_end_on_a_tiny_digits_multirun(reference, tmp_path):
-    """`satlab -m experiment=paper69_calibration` on digits with timm's test models, then the report script."""
+    """`satlab -m experiment=paper69_calibration` on digits, then the report script.
+
+    Three zoo models trained for 2 epochs (a few seconds; random models rarely share a correct image, which
+    leaves X_AB empty and SAT undefined), 2 budgets, 100 images.
+    """
     sweep = tmp_path / "multirun"
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "satlab.cli", "-m", "experiment=paper69_calibration", "dataset=digits",
-           "model_set=timm_tiny", "model_set.models=[test_resnet,test_vit,test_convnext]", "dataset.samples_per_class=10",
+           "model_set=digits_zoo", "model_set.models=[resnet18_s0,convnext_atto,mixer_p4]", "model_set.train.epochs=2",
+           "model_set.catalog.resnet18_s0.train.epochs=2", "dataset.samples_per_class=10",
            "attack.eps=0.0627,0.1255", "attack.steps=2", "logger=none", "sat.num_workers=0", "sat.print_table=false",
            "trainer.enable_progress_bar=false", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -107,7 +113,9 @@ def test_report_end_to_end_on_a_tiny_digits_multirun(reference, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     table = pd.read_csv(sweep / "calibration.csv")
     assert sorted(table["eps_255"].round(6)) == [16, 32] and set(table["steps"]) == {2}  # the budgets used
-    assert table["ks_transfer"].between(0, 1).all() and table["score"].is_monotonic_increasing
+    assert table["ks_transfer"].between(0, 1).all() and table["ks_whitebox"].between(0, 1).all()
+    assert table["score"].is_monotonic_increasing and (table["pairs"] == 3).all()
+    assert (table["transfer_q90"] >= table["transfer_q10"]).all()
     assert (table["shared_models"] == 0).all() and (table["ref_pairs"] == 69 * 68 // 2).all()
     ref_names, ref_sat = read_matrix(reference, symmetric_tol=1e-6)
     assert table["ref_transfer_q50"].iloc[0] == pytest.approx(np.median(np.exp(ref_sat[np.triu_indices(69, 1)])))

@@ -136,7 +136,8 @@ def markdown(table: pd.DataFrame, reference: Path) -> str:
         "",
         f"Reference: `{reference}`. Pair transfer = exp(SAT) off the diagonal, white-box = exp(SAT) on it (%).",
         f"Released, on the pairs compared: median pair transfer {first['ref_transfer_q50']:.1f} %, 10-90 % "
-        f"{first['ref_transfer_q10']:.1f}-{first['ref_transfer_q90']:.1f} %; white-box min {first['ref_whitebox_min']:.1f} %.",
+        f"{first['ref_transfer_q10']:.1f}-{first['ref_transfer_q90']:.1f} %; "
+        f"white-box min {first['ref_whitebox_min']:.1f} %.",
         "",
         _markdown_table(table[cols]),
         "",

@@ -90,7 +90,8 @@ class Attack:
         if self.norm == "linf":
             _real("eps", self.eps, "a number in [0, 1] for L-inf (pixel units: 8/255 = 0.0314)", lambda v: 0 <= v <= 1)
         else:
-            _real("eps", self.eps, "a finite number >= 0 (L2 norm over all 3xHxW values in [0,1] units)", lambda v: v >= 0)
+            rule = "a finite number >= 0 (L2 norm over all 3xHxW values in [0,1] units)"
+            _real("eps", self.eps, rule, lambda v: v >= 0)
         _real("steps", self.steps, "a positive whole number", lambda v: v >= 1 and float(v).is_integer())
         if self.step_size is not None:
             _real("step_size", self.step_size, "a finite number > 0 (or null for eps/4)", lambda v: v > 0)
@@ -124,7 +125,7 @@ class Attack:
         """Everything that determines the attack's output, with the budget it uses (for cache keys, summaries)."""
         desc = {k: v for k, v in asdict(self).items() if k != "notes"} | {"alpha": self.alpha}
         if self.norm == "l2" and self.quantize:
-            desc["l2_rounding"] = "aligned"  # not the rounding of records version <= 3, which lost the budget
+            desc["l2_rounding"] = "aligned"  # budget-preserving: records made with the old rounding are not reused
         return desc
 
     def summary(self) -> str:
