@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from satlab.analysis import clustering as clu
-from satlab.analysis import consistency, features, importance, report
+from satlab.analysis import consistency, features, floors, importance, report
 from satlab.sat.records import read_matrix, write_matrix
 from satlab.utils import SatlabError
 
@@ -179,15 +179,45 @@ def test_importance_finds_the_informative_component():
     pd.testing.assert_frame_equal(res.table, again.table)
     few = importance.component_importance(X.head(4), y[:4], seeds=[0])
     assert few.note and few.table.empty
-    assert importance.component_importance(X[[]], y, seeds=[0]).note
+    assert "no component differs" in importance.component_importance(X[[]], y, seeds=[0]).note
+    assert "4 model pairs with a finite SAT; at least 6" in few.note
+    with pytest.raises(ValueError, match="test_size=1.5 must be a share"):
+        importance.component_importance(X, y, seeds=[0], test_size=1.5)
+    with pytest.raises(ValueError, match="holds out 0 of 300 pairs"):
+        importance.component_importance(X, y, seeds=[0], test_size=0.001)
+    with pytest.raises(ValueError, match="n_estimators=0"):
+        importance.component_importance(X, y, seeds=[0], n_estimators=0)
+    with pytest.raises(ValueError, match="the 0 seeds"):
+        importance.component_importance(X, y, seeds=[])
+    assert importance.held_out(0.25, 36) == 9 and importance.held_out(0.5, 4) == 2  # < 6 pairs: no side check
 
 
 def test_matrix_summary():
     sat = np.array([[4.6, 3.0, 2.0], [3.0, 4.6, 2.5], [2.0, 2.5, 4.6]])
-    stats = report.matrix_summary(["a", "b", "c"], sat, top=1)
+    ci = (sat - np.array([[0, 0.1, 0.5]] * 3), sat + np.array([[0, 0.1, 0.4]] * 3))
+    ci = (np.minimum(ci[0], ci[0].T), np.maximum(ci[1], ci[1].T))
+    mask = np.zeros((3, 3), bool)
+    mask[0, 2] = mask[2, 0] = True
+    stats = report.matrix_summary(["a", "b", "c"], sat, top=1, floored=mask, ci=ci)
     assert stats["median"] == 2.5 and stats["n_pairs"] == 3
-    assert stats["most_similar"] == [{"a": "a", "b": "b", "sat": 3.0}]
-    assert stats["least_similar"] == [{"a": "a", "b": "c", "sat": 2.0}]
+    assert stats["most_similar"] == [{"a": "a", "b": "b", "sat": 3.0, "floored": False, "ci_low": 2.9,
+                                      "ci_high": 3.1}]
+    assert stats["least_similar"] == [{"a": "a", "b": "c", "sat": 2.0, "floored": True, "ci_low": 1.5,
+                                       "ci_high": 2.4}]
+    assert stats["n_floored_pairs"] == 1
+
+
+def test_ci_text_says_whether_cis_overlap():
+    def stats(most, least):
+        pair = (lambda lo, hi: {"a": "a", "b": "b", "sat": (lo + hi) / 2, "ci_low": lo, "ci_high": hi})
+        return {"most_similar": [pair(*c) for c in most], "least_similar": [pair(*c) for c in least]}
+
+    info = {"n_boot": 1000, "seed": 0, "n_samples": 500}
+    text = report.ci_text(stats([(3.0, 3.4), (2.9, 3.1)], [(1.0, 1.5)]), info)
+    assert "does not overlap the least similar" in text and "second most similar pairs overlap" in text
+    text = report.ci_text(stats([(3.0, 3.4), (2.0, 2.9)], [(1.0, 3.1)]), info)
+    assert "CI overlaps the least similar" in text and "do not overlap" in text
+    assert "not computed (no records)" in report.ci_text(stats([], []), {"n_boot": 0, "reason": "no records"})
 
 
 # ---------------------------------------------------------------- bad input at the reader
@@ -223,3 +253,73 @@ def test_importance_caution_flags_uninformative_rankings():
     assert "not meaningful" in importance_caution(-0.3, 36)
     assert "indicative" in importance_caution(0.5, 36)
     assert importance_caution(0.69, 2346) == ""
+
+
+# ---------------------------------------------------------------- matrices without information, floored pairs
+FLOOR = float(np.log(1e-8))
+
+
+@pytest.mark.parametrize(
+    ("cells", "problem"),
+    [
+        (np.full((3, 3), np.nan), "every off-diagonal cell is NaN"),
+        (np.full((3, 3), 2.5), "every off-diagonal cell is 2.5"),
+        (np.full((3, 3), FLOOR), "every off-diagonal cell is floored"),
+        (np.array([[4.6, np.inf, 2], [np.inf, 4.6, 3], [2, 3, 4.6]]), "is inf"),
+        (np.array([[4.6, 2, np.nan], [2, 4.6, np.nan], [np.nan, np.nan, 4.6]]), "is 2"),  # one finite pair
+    ],
+)
+def test_matrices_without_information_are_named(cells, problem):
+    from satlab.sat.metric import floored
+
+    sat = cells.copy()
+    np.fill_diagonal(sat, np.log(100))
+    if np.isinf(cells).any():
+        sat = cells
+    assert problem in floors.no_information(sat, floored(sat))
+
+
+def test_informative_matrices_pass():
+    from satlab.sat.metric import floored
+
+    sat, _ = block_matrix([3, 3])
+    assert floors.no_information(sat, floored(sat)) == ""
+    sat[0, 1] = sat[1, 0] = FLOOR  # some floored pairs are fine
+    assert floors.no_information(sat, floored(sat)) == ""
+
+
+def test_floor_values_rule_of_three_capped_at_the_lowest_measured_pair():
+    sat = np.array([[4.6, 3.0, FLOOR, FLOOR], [3.0, 4.6, 2.0, 2.5], [FLOOR, 2.0, 4.6, 3.5],
+                    [FLOOR, 2.5, 3.5, 4.6]])
+    mask = sat <= FLOOR + 1e-6
+    n_joint = np.full((4, 4), 1000.0)
+    n_joint[0, 3] = n_joint[3, 0] = 20.0  # ln(300 / 40) = 2.01 > the lowest measured SAT 2.0: capped
+    out = floors.floor_values(sat, mask, n_joint)
+    assert out[0, 2] == out[2, 0] == pytest.approx(np.log(300 / 2000))
+    assert out[0, 3] == out[3, 0] == 2.0
+    assert np.array_equal(out[~mask], sat[~mask])  # measured cells and the diagonal untouched
+    no_records = floors.floor_values(sat, mask)
+    assert no_records[0, 2] == no_records[0, 3] == 2.0
+    assert floors.floored_pairs(list("abcd"), mask) == [("a", "c"), ("a", "d")]
+    assert "rule-of-three" in floors.describe(sat, mask, True) and "2.0000" in floors.describe(sat, mask, False)
+
+
+def test_floors_no_longer_dominate_distances_map_and_clusters():
+    """Blocks 0 and 2 never transfer to each other: the floor (ln 1e-8) breaks the eigengap, the clusters and the
+    map; the treated matrix gives back the three blocks and distances on the scale of the measured pairs."""
+    from satlab.sat.metric import floored
+
+    sat, truth = block_matrix([4, 4, 4], seed=1)
+    never = ((truth[:, None] == 0) & (truth[None, :] == 2)) | ((truth[:, None] == 2) & (truth[None, :] == 0))
+    raw = np.where(never, FLOOR, sat)
+    treated = floors.floor_values(raw, floored(raw))
+    measured = clu.offdiag(np.where(never, np.nan, raw))
+    span = np.nanmax(measured) - np.nanmin(measured)
+    assert clu.sat_distance(raw).max() > 20  # the floor alone: 20 log units
+    assert clu.sat_distance(treated).max() == pytest.approx(span)
+    bad = clu.spectral_clusters(raw)
+    assert bad.n_clusters == 2 and not same_partition(bad.labels, truth)
+    good = clu.spectral_clusters(treated)
+    assert good.n_clusters == 3 and same_partition(good.labels, truth)
+    raw_map, map_ = clu.classical_mds(clu.sat_distance(raw)), clu.classical_mds(clu.sat_distance(treated))
+    assert np.ptp(raw_map[:, 0]) > 20 and np.ptp(map_[:, 0]) < 2 * span

@@ -103,3 +103,83 @@ def test_matrix_csv_round_trip_and_errors(tmp_path):
     (tmp_path / "rect.csv").write_text(",a,b\na,1,2\n")
     with pytest.raises(SatlabError, match="not square"):
         read_matrix(tmp_path / "rect.csv")
+
+
+# ---------------------------------------------------------------- bootstrap CIs, floors, the per-pair table
+def _known_rates(n_samples: int, p_ab: float, p_ba: float, seed: int = 0):
+    """Two models right on every image; A's examples fool B with probability p_ab, B's fool A with p_ba."""
+    rng = np.random.default_rng(seed)
+    correct = np.ones((2, n_samples), dtype=bool)
+    fooled = np.zeros((2, 2, n_samples), dtype=bool)
+    fooled[0, 0] = fooled[1, 1] = True
+    fooled[0, 1] = rng.random(n_samples) < p_ab
+    fooled[1, 0] = rng.random(n_samples) < p_ba
+    return correct, fooled
+
+
+def test_bootstrap_ci_contains_the_truth_and_narrows_with_more_images():
+    truth = math.log(100 * (0.3 + 0.1) / 2)  # ln 20
+    widths = []
+    for n_samples in (200, 3200):
+        correct, fooled = _known_rates(n_samples, 0.3, 0.1)
+        low, high = metric.sat_bootstrap(correct, fooled, n_boot=2000, seed=1)
+        assert low[0, 1] == low[1, 0] and high[0, 1] == high[1, 0]
+        assert low[0, 1] < truth < high[0, 1]
+        sat = metric.sat_matrix(correct, fooled)[0, 1]
+        assert low[0, 1] < sat < high[0, 1]
+        widths.append(high[0, 1] - low[0, 1])
+    # the standard error shrinks as 1/sqrt(S): 16x the images -> about a quarter of the width
+    assert 0.15 < widths[1] / widths[0] < 0.4
+    # the width matches the delta method: se(ln r) = sqrt(var) / r with var = (p(1-p) + q(1-q)) / (4S)
+    se = math.sqrt((0.3 * 0.7 + 0.1 * 0.9) / (4 * 3200)) / 0.2
+    assert widths[1] == pytest.approx(2 * 1.96 * se, rel=0.15)
+
+
+def test_bootstrap_is_seeded_and_equals_the_plain_loop():
+    rng = np.random.default_rng(3)
+    correct = rng.random((4, 60)) < 0.8
+    fooled = rng.random((4, 4, 60)) < 0.4
+    low, high = metric.sat_bootstrap(correct, fooled, n_boot=300, seed=7, chunk=64)
+    again = metric.sat_bootstrap(correct, fooled, n_boot=300, seed=7, chunk=300)
+    assert np.array_equal(low, again[0]) and np.array_equal(high, again[1])  # chunking does not change draws
+    other = metric.sat_bootstrap(correct, fooled, n_boot=300, seed=8)
+    assert not np.array_equal(low, other[0])
+    draws = np.random.default_rng(7).integers(0, 60, size=(300, 60))  # the same resamples, one at a time
+    sats = np.stack([metric.sat_matrix(correct[:, d], fooled[:, :, d]) for d in draws])
+    np.testing.assert_allclose(low, np.percentile(sats, 2.5, axis=0), rtol=1e-6)
+    np.testing.assert_allclose(high, np.percentile(sats, 97.5, axis=0), rtol=1e-6)
+
+
+def test_bootstrap_floored_and_empty_pairs():
+    correct = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 1]], dtype=bool)
+    fooled = np.zeros((3, 3, 5), dtype=bool)  # nothing transfers
+    low, high = metric.sat_bootstrap(correct, fooled, n_boot=200, seed=0)
+    # no event at all: from the floor to the rule-of-three bound 300 / (2 |X_AB|) = 50 %
+    assert low[0, 1] == pytest.approx(math.log(metric.DEFAULT_EPS_S)) and high[0, 1] == pytest.approx(math.log(50))
+    assert np.isnan(low[0, 2]) and np.isnan(high[1, 2])  # X_AB empty in every resample
+    with pytest.raises(ValueError, match="n_boot"):
+        metric.sat_bootstrap(correct, fooled, n_boot=0)
+
+
+def test_floored_cells_survive_csv_rounding(tmp_path):
+    sat = np.array([[4.6, math.log(1e-8)], [math.log(1e-8), 4.6]])
+    _, back = read_matrix(write_matrix(tmp_path / "m.csv", ["a", "b"], sat))
+    assert metric.floored(back).tolist() == [[False, True], [True, False]]
+    assert not metric.floored(np.array([[np.nan, math.log(1e-3)]])).any()
+    assert metric.floored(np.array([[math.log(1e-3)]]), eps_s=1e-3).all()
+
+
+def test_pair_table_columns_and_values():
+    correct, fooled = _two_models()
+    correct = np.vstack([correct, [1, 1, 1, 1]])
+    fooled = np.pad(fooled, ((0, 1), (0, 1), (0, 0)))  # a third model nothing transfers to or from
+    table = metric.pair_table(["a", "b", "c"], correct, fooled, n_boot=200, seed=0)
+    assert list(table) == ["model_a", "model_b", "sat", "ci_low", "ci_high", "n_joint", "transfer_ab",
+                           "transfer_ba", "floored"]
+    assert table["model_a"].tolist() == ["a", "a", "b"] and table["model_b"].tolist() == ["b", "c", "c"]
+    assert table["sat"][0] == pytest.approx(math.log(75.0)) and table["n_joint"].tolist() == [2, 3, 3]
+    assert table["transfer_ab"][0] == pytest.approx(50.0) and table["transfer_ba"][0] == pytest.approx(100.0)
+    assert table["floored"].tolist() == [False, True, True]
+    assert table["ci_low"][0] <= table["sat"][0] <= table["ci_high"][0]
+    none = metric.pair_table(["a", "b", "c"], correct, fooled, n_boot=0)
+    assert np.isnan(none["ci_low"]).all() and np.array_equal(none["sat"], table["sat"])

@@ -118,8 +118,8 @@ def spectral_clusters(
     """Cluster models from their SAT matrix; `n_clusters=None` takes the eigengap's choice. Seed-free."""
     sat = np.asarray(sat, dtype=float)
     n = sat.shape[0]
-    if n_clusters is not None and not 1 <= n_clusters <= n:
-        raise ValueError(f"n_clusters={n_clusters} must be between 1 and the number of models ({n})")
+    if n_clusters is not None and not 2 <= n_clusters <= n - 1:
+        raise ValueError(f"n_clusters={n_clusters} must be between 2 and the number of models - 1 ({n - 1})")
     weights = sat_affinity(sat, affinity)
     norm = normalized_affinity(weights)
     vals, vecs = scipy.linalg.eigh(norm)

@@ -12,6 +12,7 @@ Caveat: pairs that share a model are not independent, so a random pair split is 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -27,6 +28,7 @@ from sklearn.preprocessing import StandardScaler
 MODELS = ("gradient_boosting", "random_forest")
 TABLE_COLUMNS = ("component", "importance_mean", "importance_std", "rank")
 MIN_PAIRS = 6
+MIN_SIDE = 2  # pairs on each side of the split (R^2 on one held-out pair is undefined)
 
 
 def make_ensemble(kind: str, seed: int, n_estimators: int = 300):
@@ -38,6 +40,20 @@ def make_ensemble(kind: str, seed: int, n_estimators: int = 300):
     if kind == "random_forest":
         return RandomForestRegressor(n_estimators=n_estimators, min_samples_leaf=2, random_state=seed, n_jobs=1)
     raise ValueError(f"unknown importance model '{kind}'; choose one of {MODELS}")
+
+
+def held_out(test_size: float, n_pairs: int) -> int:
+    """Pairs held out: round(test_size * n_pairs). ValueError when test_size is not in (0, 1) or, with at least
+    MIN_PAIRS pairs (fewer: importance is skipped), either side keeps fewer than MIN_SIDE pairs."""
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0 < test_size < 1:
+        raise ValueError(f"test_size={test_size} must be a share of the pairs strictly between 0 and 1")
+    n_test = int(round(test_size * n_pairs))
+    if n_pairs >= MIN_PAIRS and min(n_test, n_pairs - n_test) < MIN_SIDE:
+        raise ValueError(f"test_size={test_size} holds out {n_test} of {n_pairs} pairs; the held-out and the "
+                         f"training side each need at least {MIN_SIDE} (choose a test_size between "
+                         f"{math.ceil(1000 * (MIN_SIDE - 0.4) / n_pairs) / 1000} and "
+                         f"{math.floor(1000 * (1 - (MIN_SIDE - 0.4) / n_pairs)) / 1000})")
+    return n_test
 
 
 def make_linear():
@@ -92,6 +108,9 @@ def component_importance(
     """
     if model not in MODELS:
         raise ValueError(f"unknown importance model '{model}'; choose one of {MODELS}")
+    if min(n_repeats, n_estimators, len(seeds)) < 1:
+        raise ValueError(f"n_repeats={n_repeats}, n_estimators={n_estimators} and the {len(seeds)} seeds must "
+                         "each be at least 1")
     target = np.asarray(target, dtype=float)
     keep = np.isfinite(target)
     X = features.loc[keep].to_numpy(dtype=float)
@@ -101,8 +120,8 @@ def component_importance(
         return empty_importance("no component differs between the models, so there is nothing to rank", model)
     if len(y) < MIN_PAIRS:
         return empty_importance(f"{len(y)} model pairs with a finite SAT; at least {MIN_PAIRS} are needed", model)
-    n_test = max(2, int(round(test_size * len(y))))
-    seeds = [int(s) for s in seeds] or [0]
+    n_test = held_out(test_size, len(y))
+    seeds = [int(s) for s in seeds]
     ens_imp, lin_imp, ens_r2, lin_r2 = [], [], [], []
     for seed in seeds:
         X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=n_test, random_state=seed)

@@ -45,10 +45,16 @@ def plot_importance(table: pd.DataFrame, path: str | os.PathLike, title: str = "
     return _save(fig, path)
 
 
-def plot_cluster_heatmap(names: Sequence[str], sat: np.ndarray, labels: np.ndarray, path: str | os.PathLike) -> Path:
-    """SAT heatmap with models sorted by cluster and cluster boundaries drawn."""
+def plot_cluster_heatmap(
+    names: Sequence[str],
+    sat: np.ndarray,
+    labels: np.ndarray,
+    path: str | os.PathLike,
+    floored: np.ndarray | None = None,
+) -> Path:
+    """SAT heatmap with models sorted by cluster and cluster boundaries drawn (floored cells marked)."""
     title = f"SAT sorted by cluster ({len(set(np.asarray(labels).tolist()))} clusters)"
-    return plot_sat_heatmap(names, sat, path, title=title, labels=labels)
+    return plot_sat_heatmap(names, sat, path, title=title, labels=labels, floored=floored)
 
 
 def plot_model_map(
@@ -97,19 +103,32 @@ def plot_kappa_vs_sat(kappa: np.ndarray, sat: np.ndarray, rho: float, path: str 
 
 
 def plot_sat_heatmap(
-    names: Sequence[str], sat: np.ndarray, path: str | os.PathLike, title: str = "SAT", labels: np.ndarray | None = None
+    names: Sequence[str],
+    sat: np.ndarray,
+    path: str | os.PathLike,
+    title: str = "SAT",
+    labels: np.ndarray | None = None,
+    floored: np.ndarray | None = None,
 ) -> Path:
     """The SAT matrix as a heatmap (diagonal hidden); with cluster `labels`, sorted by cluster with boundaries.
 
-    Values are printed in the cells for small N.
+    Cells in the `floored` mask (0% transfer, ln eps_s) are left out of the colour scale and drawn in red, so one
+    floor does not flatten the scale of every measured pair. Values are printed in the cells for small N.
     """
     n = len(names)
     order = cluster_order(labels) if labels is not None else np.arange(n)
     values = np.asarray(sat, dtype=float)[np.ix_(order, order)].copy()
     np.fill_diagonal(values, np.nan)  # the diagonal (white-box success, ~ln 100) would swamp the colour scale
+    floors = np.zeros((n, n), bool) if floored is None else np.asarray(floored, bool)[np.ix_(order, order)]
+    floors = floors & np.isfinite(values)
+    values[floors] = np.nan
     size = min(max(4.0, 0.16 * n + 2.5), 16.0)
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
     im = ax.imshow(values, cmap="viridis", interpolation="nearest")
+    if floors.any():
+        ax.imshow(np.where(floors, 1.0, np.nan), cmap=matplotlib.colors.ListedColormap(["tab:red"]),
+                  interpolation="nearest", vmin=0, vmax=1)
+        title += f"\n{int(np.triu(floors, 1).sum())} floored pair(s) (0% transfer) in red, not in the colour scale"
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="SAT = ln(transfer %), diagonal hidden")
     fontsize = max(3.0, min(9.0, 400.0 / max(n, 1)))
     ticks = [names[i] if labels is None else f"{names[i]} [{labels[i]}]" for i in order]
@@ -122,7 +141,9 @@ def plot_sat_heatmap(
     if n <= 16:
         for i in range(n):
             for j in range(n):
-                if i != j and np.isfinite(values[i, j]):
+                if floors[i, j]:
+                    ax.text(j, i, "0%", ha="center", va="center", fontsize=7, color="w")
+                elif i != j and np.isfinite(values[i, j]):
                     color = "k" if im.norm(values[i, j]) > 0.6 else "w"  # readable on bright and dark cells
                     ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
     ax.set_title(title)

@@ -18,15 +18,26 @@ AFFINITY_TEXT = {
 }
 
 
-def matrix_summary(names: Sequence[str], sat: np.ndarray, top: int = 5) -> dict[str, Any]:
-    """Off-diagonal statistics of a symmetric SAT matrix and its `top` most / least similar pairs."""
+def matrix_summary(
+    names: Sequence[str],
+    sat: np.ndarray,
+    top: int = 5,
+    floored: np.ndarray | None = None,
+    ci: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Off-diagonal statistics of a symmetric SAT matrix and its `top` most / least similar pairs, each pair with
+    its `floored` flag and, given `ci` = (low, high) matrices, its bootstrap CI."""
     rows, cols = pair_index(len(names))
     vals = np.asarray(sat, dtype=float)[rows, cols]
     ok = np.flatnonzero(np.isfinite(vals))
     order = ok[np.lexsort((cols[ok], rows[ok], -vals[ok]))]  # descending SAT, ties by matrix order
+    floors = np.zeros(len(vals), bool) if floored is None else np.asarray(floored, bool)[rows, cols]
+    nan = np.full(len(vals), np.nan)
+    low, high = (nan, nan) if ci is None else (np.asarray(ci[0])[rows, cols], np.asarray(ci[1])[rows, cols])
 
     def pairs(idx: np.ndarray) -> list[dict[str, Any]]:
-        return [{"a": names[rows[i]], "b": names[cols[i]], "sat": float(vals[i])} for i in idx]
+        return [{"a": names[rows[i]], "b": names[cols[i]], "sat": float(vals[i]), "floored": bool(floors[i]),
+                 "ci_low": float(low[i]), "ci_high": float(high[i])} for i in idx]
 
     finite = vals[ok]
     stat = (lambda f: float(f(finite)) if finite.size else float("nan"))
@@ -34,6 +45,7 @@ def matrix_summary(names: Sequence[str], sat: np.ndarray, top: int = 5) -> dict[
         "n_models": len(names),
         "n_pairs": int(len(vals)),
         "n_nan_pairs": int(len(vals) - len(ok)),
+        "n_floored_pairs": int(floors.sum()),
         "median": stat(np.median),
         "mean": stat(np.mean),
         "min": stat(np.min),
@@ -73,6 +85,40 @@ def importance_caution(r2: float, n_pairs: int) -> str:
     return ""
 
 
+def floors_section(floors: Mapping[str, Any], shown: int = 20) -> list[str]:
+    """Report lines on floored pairs (0% transfer): how many, which, and what the analyses use instead."""
+    pairs = floors["pairs"]
+    if not pairs:
+        return [f"No pair is floored (every pair's SAT is above ln eps_s = {np.log(floors['eps_s']):.2f}).", ""]
+    listed = ", ".join(f"{a} / {b}" for a, b in pairs[:shown]) + (f" and {len(pairs) - shown} more"
+                                                                   if len(pairs) > shown else "")
+    return [f"**{len(pairs)} floored pair(s)** (no transfer observed: SAT = ln eps_s = {np.log(floors['eps_s']):.2f} "
+            f"in the matrix): {listed}. The analyses below (statistics, importance, clusters, map) use "
+            f"{floors['rule']} instead; the heatmaps draw them in red outside the colour scale.", ""]
+
+
+def ci_text(stats: Mapping[str, Any], ci_info: Mapping[str, Any]) -> str:
+    """One paragraph on the bootstrap CIs: what they are and whether the top pairs are resolved."""
+    if not ci_info.get("n_boot"):
+        return f"95% CIs: not computed ({ci_info.get('reason', 'no records')})."
+    most, least = stats["most_similar"], stats["least_similar"]
+    text = (f"95% CIs: percentile bootstrap over the {ci_info['n_samples']} images of the records "
+            f"({ci_info['n_boot']} resamples, seed {ci_info['seed']}); for a floored pair, from the floor to the "
+            "rule-of-three bound.")
+
+    def overlap(p: Mapping[str, Any], q: Mapping[str, Any]) -> bool:
+        return max(p["ci_low"], q["ci_low"]) <= min(p["ci_high"], q["ci_high"])
+
+    if most and least and np.isfinite(most[0]["ci_low"]) and np.isfinite(least[0]["ci_low"]):
+        text += (f" The most similar pair's CI {'overlaps' if overlap(most[0], least[0]) else 'does not overlap'} "
+                 "the least similar pair's.")
+    if len(most) > 1 and np.isfinite(most[0]["ci_low"]) and np.isfinite(most[1]["ci_low"]):
+        text += (" The CIs of the first and second most similar pairs "
+                 + ("overlap: these images do not resolve their order." if overlap(most[0], most[1])
+                    else "do not overlap."))
+    return text
+
+
 def build_report(
     *,
     matrix_path: str,
@@ -86,6 +132,8 @@ def build_report(
     command: str,
     config_yaml: str,
     metadata_source: str,
+    floors: Mapping[str, Any],
+    ci_info: Mapping[str, Any],
 ) -> str:
     """The Markdown text of `report.md`; `figures` maps a title to a path relative to the report."""
     lines = ["# SAT matrix analysis", "", f"Matrix: `{matrix_path}` ({stats['n_models']} models, "
@@ -95,10 +143,20 @@ def build_report(
               f"median {stats['median']:.4f}, mean {stats['mean']:.4f}, min {stats['min']:.4f}, "
               f"max {stats['max']:.4f}" + (f"; {stats['n_nan_pairs']} pairs are NaN" if stats["n_nan_pairs"] else ""),
               ""]
+    lines += floors_section(floors)
+    floor = np.log(floors["eps_s"]) + 1e-6
+
+    def ci_cell(v: float) -> str:
+        return "0% (floor)" if v <= floor else "" if not np.isfinite(v) else f"{v:.4f}"
+
     for key, title in (("most_similar", "Most similar pairs"), ("least_similar", "Least similar pairs")):
-        frame = pd.DataFrame(stats[key], columns=["a", "b", "sat"]).rename(columns={"a": "model A", "b": "model B",
-                                                                                    "sat": "SAT"})
+        frame = pd.DataFrame(stats[key], columns=["a", "b", "sat", "ci_low", "ci_high", "floored"])
+        frame[["ci_low", "ci_high"]] = frame[["ci_low", "ci_high"]].map(ci_cell)
+        frame["floored"] = frame["floored"].map({True: "yes", False: ""})
+        frame = frame.rename(columns={"a": "model A", "b": "model B", "sat": "SAT", "ci_low": "95% CI low",
+                                      "ci_high": "95% CI high"})
         lines += [f"**{title}**", "", _table(frame), ""]
+    lines += [ci_text(stats, ci_info), ""]
 
     lines += ["## Component importance", ""]
     if importance.note:

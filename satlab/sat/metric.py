@@ -63,3 +63,99 @@ def sat_matrix(correct: np.ndarray, fooled: np.ndarray, eps_s: float = DEFAULT_E
 def whitebox_success(correct: np.ndarray, fooled: np.ndarray) -> np.ndarray:
     """Per-model white-box attack success in % of the samples it classifies correctly (diagonal of the rates)."""
     return np.diagonal(transfer_rates(correct, fooled)).copy()
+
+
+def floored(sat: np.ndarray, eps_s: float = DEFAULT_EPS_S) -> np.ndarray:
+    """Cells at the eps_s floor, i.e. rate < eps_s (0% transfer): SAT <= ln eps_s (1e-6 slack for CSV rounding)."""
+    sat = np.asarray(sat, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(sat) & (sat <= np.log(eps_s) + 1e-6)
+
+
+def zero_rate_bound(n_joint: np.ndarray) -> np.ndarray:
+    """Rule of three: the 95% upper bound (in %) of a rate with no event in 2|X_AB| trials, 300 / (2|X_AB|).
+
+    NaN where X_AB is empty."""
+    n_joint = np.asarray(n_joint, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n_joint > 0, 300.0 / (2.0 * n_joint), np.nan)
+
+
+def bootstrap_weights(n_samples: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """How often each sample is drawn in `n_boot` resamples (with replacement) of `n_samples`: float32 [n_boot, S]."""
+    draws = rng.integers(0, n_samples, size=(n_boot, n_samples)) + n_samples * np.arange(n_boot)[:, None]
+    return np.bincount(draws.ravel(), minlength=n_boot * n_samples).reshape(n_boot, n_samples).astype(np.float32)
+
+
+def sat_bootstrap(
+    correct: np.ndarray,
+    fooled: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    eps_s: float = DEFAULT_EPS_S,
+    chunk: int = 250,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap CI of every pair's SAT over images -> (low, high), symmetric float [N,N].
+
+    Each resample draws S images with replacement (seeded generator) and recomputes every pair's SAT with the
+    same formula (X_AB, the eps_s floor); the CI is the ((1-level)/2, (1+level)/2) percentiles of the resamples.
+    Vectorised: per pair, |X_AB| and the fooled count of a resample are dot products of per-image indicators with
+    the resample's draw counts, so all pairs x resamples are two float32 matmuls (exact: every sum < 2^24).
+    NaN where X_AB is empty in every resample; resamples with an empty X_AB are left out. A pair with no event at
+    all (floored) has the floor in every resample, which is no interval: its CI is [ln eps_s, ln of the rule-of-
+    three bound `zero_rate_bound`], the exact 95% range of a rate with 0 events.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    correct = np.asarray(correct, dtype=bool)
+    fooled = np.asarray(fooled, dtype=bool)
+    n, s = correct.shape
+    rows, cols = np.triu_indices(n)  # the diagonal too (white-box), as in sat_matrix
+    both = correct[rows] & correct[cols]  # [P, S]
+    events = (fooled[rows, cols] & both).astype(np.float32) + (fooled[cols, rows] & both)
+    both = both.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    sats = []
+    for start in range(0, n_boot, chunk):
+        weights = bootstrap_weights(s, min(chunk, n_boot - start), rng).T  # [S, b]
+        n_both, hits = both @ weights, events @ weights
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = 100.0 * hits / (2.0 * n_both)
+            sats.append(np.where(n_both > 0, np.log(np.maximum(eps_s, rate)), np.nan))
+    sats = np.concatenate(sats, axis=1)
+    low, high = np.full((n, n), np.nan), np.full((n, n), np.nan)
+    ok = np.isfinite(sats).any(axis=1)
+    if ok.any():
+        q = np.nanpercentile(sats[ok], [50 * (1 - level), 50 * (1 + level)], axis=1)
+        zero = events[ok].sum(axis=1) == 0
+        q[1, zero] = np.log(np.maximum(eps_s, zero_rate_bound(both[ok][zero].sum(axis=1))))
+        for out, vals in zip((low, high), q):
+            out[rows[ok], cols[ok]] = vals
+            out[cols[ok], rows[ok]] = vals
+    return low, high
+
+
+def pair_table(
+    names: list[str], correct: np.ndarray, fooled: np.ndarray, eps_s: float = DEFAULT_EPS_S, **bootstrap
+) -> dict[str, np.ndarray]:
+    """One row per model pair (i < j): model_a, model_b, sat, ci_low, ci_high, n_joint (|X_AB|), transfer_ab,
+    transfer_ba (%), floored (rate 0 -> ln eps_s). `bootstrap` goes to `sat_bootstrap` (n_boot, seed, level);
+    n_boot=0 leaves the CI columns NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # empty X_AB: NaN, already reported by the caller
+        sat = sat_matrix(correct, fooled, eps_s)
+    if bootstrap.get("n_boot", 1) == 0:
+        low = high = np.full(sat.shape, np.nan)
+    else:
+        low, high = sat_bootstrap(correct, fooled, eps_s=eps_s, **bootstrap)
+    rates = transfer_rates(correct, fooled)
+    rows, cols = np.triu_indices(len(names), k=1)
+    return {
+        "model_a": np.asarray(names, dtype=object)[rows], "model_b": np.asarray(names, dtype=object)[cols],
+        "sat": sat[rows, cols], "ci_low": low[rows, cols], "ci_high": high[rows, cols],
+        "n_joint": joint_correct(correct)[rows, cols], "transfer_ab": rates[rows, cols],
+        "transfer_ba": rates[cols, rows], "floored": floored(sat, eps_s)[rows, cols],
+    }

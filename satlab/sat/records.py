@@ -115,6 +115,11 @@ def read_matrix(path: str | os.PathLike, symmetric_tol: float | None = None) -> 
                 raise SatlabError(
                     f"matrix '{path}': cell ({rows[i]}, {cols[j]}) is '{text}', not a number"
                 ) from None
+            if np.isinf(values[i, j]):
+                raise SatlabError(
+                    f"matrix '{path}': cell ({rows[i]}, {cols[j]}) is '{text}'; cells must be finite numbers "
+                    "(a pair that never transfers is ln eps_s, a pair with no jointly correct sample is empty/NaN)"
+                )
     if symmetric_tol is not None:
         diff = np.abs(values - values.T)
         worst = np.nanargmax(np.where(np.isnan(diff), -1, diff)) if diff.size else 0

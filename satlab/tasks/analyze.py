@@ -7,8 +7,10 @@ to wandb, and to `summary.json`. See `conf/task/analyze.yaml` for the options.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,9 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from satlab.analysis import clustering as clu
-from satlab.analysis import consistency, features, importance, plots, report
+from satlab.analysis import consistency, features, floors, importance, plots, report
 from satlab.models.specs import resolve_spec
+from satlab.sat import metric
 from satlab.sat.records import load_records, read_matrix, write_matrix
 from satlab.tasks.common import command_line, output_dir, write_summary
 from satlab.tasks.tracking import start_tracking
@@ -62,28 +65,84 @@ def load_metadata(cfg: DictConfig, names: list[str], matrix_path: Path):
     return features.resolve_metadata(names, catalog, table)
 
 
-def load_kappa_inputs(option: Any, matrix_path: Path, names: list[str]):
-    """(records, shared model names, rows) or None when no records file applies."""
+def load_kappa_inputs(option: Any, matrix_path: Path, names: list[str], sat: np.ndarray, eps_s: float):
+    """(path, records, shared model names, rows) or None when no records file applies.
+
+    The records must reproduce the matrix on the models they share (same SAT to 1e-6): an explicit file that does
+    not is an error, the one next to the matrix is skipped with a warning (kappa, CIs and |X_AB| need records
+    of this matrix).
+    """
     explicit = option not in (None, "")
     path = Path(str(option)).expanduser() if explicit else matrix_path.parent / "records.npz"
     if not explicit and not path.is_file():
-        log.info("no records.npz next to the matrix: error consistency (kappa) skipped")
+        log.info("no records.npz next to the matrix: error consistency (kappa) and CIs skipped")
         return None
     records = load_records(path)
     shared, rows = consistency.align(records.models, names)
+    msg = ""
     if len(shared) < 2:
-        msg = f"records '{path}' share {len(shared)} model(s) with the matrix; kappa needs at least 2"
+        msg = f"records '{path}' share {len(shared)} model(s) with the matrix; kappa and CIs need at least 2"
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # empty X_AB: NaN on both sides
+            mine = metric.sat_matrix(records.correct[rows], records.fooled[np.ix_(rows, rows)], eps_s)
+        idx = [names.index(n) for n in shared]
+        diff = np.abs(np.nan_to_num(mine, nan=1e9) - np.nan_to_num(sat[np.ix_(idx, idx)], nan=1e9))
+        if diff.max() > 1e-6:
+            i, j = np.unravel_index(np.argmax(diff), diff.shape)
+            msg = (f"records '{path}' do not reproduce the matrix: SAT({shared[i]}, {shared[j]}) is {mine[i, j]:.6g} "
+                   f"from the records but {sat[idx[i], idx[j]]:.6g} in the matrix (eps_s {eps_s:g}); pass the "
+                   "records.npz of the task=sat run that wrote the matrix")
+    if msg:
         if explicit:
             raise SatlabError(msg)
-        log.warning("%s: error consistency skipped", msg)
+        log.warning("%s: error consistency and CIs skipped", msg)
         return None
     return path, records, shared, rows
 
 
-def _check_options(acfg: DictConfig, n_models: int) -> None:
+def find_eps_s(option: Any, matrix_path: Path) -> float:
+    """`analyze.eps_s`, else the eps_s of the task=sat run that wrote the matrix (its summary.json), else 1e-8."""
+    if option is not None:
+        return float(option)
+    try:
+        return float(json.loads((matrix_path.parent / "summary.json").read_text())["config"]["sat"]["eps_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return metric.DEFAULT_EPS_S
+
+
+def _int_option(acfg: DictConfig, key: str, low: int, what: str = "") -> int:
+    value = acfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SatlabError(f"analyze.{key}={value} must be an integer >= {low}{what}")
+    return value
+
+
+def _check_plain_options(acfg: DictConfig) -> None:
+    """Options checked before the matrix is read."""
+    tol, eps = acfg.get("symmetric_tol"), acfg.get("eps_s")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+        raise SatlabError(f"analyze.symmetric_tol={tol} must be a number >= 0")
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 100):
+        raise SatlabError(f"analyze.eps_s={eps} must be null (the sat run's) or a rate in % between 0 and 100")
+    for key in ("importance_seeds", "n_repeats", "n_estimators", "top_pairs"):
+        _int_option(acfg, key, 1)
+    _int_option(acfg, "max_clusters", 2, " (the eigengap searches 2 .. max_clusters clusters)")
+    n_boot = _int_option(acfg, "n_bootstrap", 0, " (0: no CIs)")
+    if 0 < n_boot < 100:
+        raise SatlabError(f"analyze.n_bootstrap={n_boot} is too few resamples for a 95% CI; use 0 (no CIs) or >= 100")
+
+
+def _check_options(acfg: DictConfig, n_models: int, n_pairs: int) -> None:
+    """Options checked against the matrix: `n_models` models, `n_pairs` pairs with a finite SAT."""
     k = acfg.get("n_clusters")
-    if k is not None and (not isinstance(k, int) or not 1 <= k <= n_models):
-        raise SatlabError(f"analyze.n_clusters={k} must be an integer between 1 and the number of models ({n_models})")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= n_models - 1):
+        raise SatlabError(f"analyze.n_clusters={k} must be null (the eigengap decides) or an integer between 2 and "
+                          f"the number of models - 1 ({n_models - 1})")
+    try:
+        importance.held_out(acfg.test_size, n_pairs)
+    except ValueError as err:
+        raise SatlabError(f"analyze.{err}") from None
     if acfg.affinity not in clu.AFFINITIES:
         raise SatlabError(f"analyze.affinity={acfg.affinity} is unknown; choose one of {', '.join(clu.AFFINITIES)}")
     if acfg.importance_model not in importance.MODELS:
@@ -104,20 +163,57 @@ def _config_yaml(cfg: DictConfig) -> str:
         return OmegaConf.to_yaml(cfg)
 
 
+def records_extras(kappa_inputs, names: list[str], eps_s: float, acfg: DictConfig):
+    """|X_AB| [N,N] (NaN for models without records), bootstrap CIs (low, high) or None, and what was done."""
+    n = len(names)
+    n_joint = np.full((n, n), np.nan)
+    if kappa_inputs is None:
+        return None, None, {"n_boot": 0, "reason": "no records.npz of this matrix (pass analyze.records=...)"}
+    _, records, shared, rows = kappa_inputs
+    idx = np.array([names.index(m) for m in shared])
+    correct, fooled = records.correct[rows], records.fooled[np.ix_(rows, rows)]
+    n_joint[np.ix_(idx, idx)] = metric.joint_correct(correct)
+    n_boot = int(acfg.n_bootstrap)
+    info = {"n_boot": n_boot, "seed": int(acfg.seed), "level": 0.95, "n_samples": int(correct.shape[1]),
+            "n_models": len(shared)}
+    if n_boot == 0:
+        return n_joint, None, {**info, "reason": "analyze.n_bootstrap=0"}
+    tick = time.perf_counter()
+    part = metric.sat_bootstrap(correct, fooled, n_boot=n_boot, seed=int(acfg.seed), eps_s=eps_s)
+    info["seconds"] = round(time.perf_counter() - tick, 3)
+    ci = tuple(np.full((n, n), np.nan) for _ in part)
+    for full, got in zip(ci, part):
+        full[np.ix_(idx, idx)] = got
+    return n_joint, ci, info
+
+
 def run(cfg: DictConfig) -> dict:
     """Analyse a SAT matrix; returns the summary written to summary.json."""
     acfg = cfg.analyze
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    _check_plain_options(acfg)
     out_dir = output_dir(cfg)
     matrix_path = find_matrix(acfg.get("matrix"), out_dir)
-    names, sat = read_matrix(matrix_path, symmetric_tol=float(acfg.symmetric_tol))
-    if len(names) < 2:
-        raise SatlabError(f"matrix '{matrix_path}' has {len(names)} model(s); the analysis needs at least 2")
-    sat = features.symmetrize(sat)
-    _check_options(acfg, len(names))
+    names, raw = read_matrix(matrix_path, symmetric_tol=float(acfg.symmetric_tol))
+    if len(names) < 3:
+        raise SatlabError(f"matrix '{matrix_path}' has {len(names)} model(s); the analysis needs at least 3 "
+                          "(two models give one pair: nothing to compare)")
+    raw = features.symmetrize(raw)
+    eps_s = find_eps_s(acfg.get("eps_s"), matrix_path)
+    floored = metric.floored(raw, eps_s)
+    if problem := floors.no_information(raw, floored):
+        raise SatlabError(f"matrix '{matrix_path}' has nothing to analyse: {problem}")
+    _check_options(acfg, len(names), int(np.isfinite(features.pair_targets(raw)).sum()))
     components, families, sources = load_metadata(cfg, names, matrix_path)
-    kappa_inputs = load_kappa_inputs(acfg.get("records"), matrix_path, names)
+    kappa_inputs = load_kappa_inputs(acfg.get("records"), matrix_path, names, raw, eps_s)
+    n_joint, ci, ci_info = records_extras(kappa_inputs, names, eps_s, acfg)
+    sat = floors.floor_values(raw, floored, n_joint)  # what the analyses use: floored cells kept from dominating
+    floor_info = {"eps_s": eps_s, "pairs": floors.floored_pairs(names, floored),
+                  "rule": floors.describe(raw, floored, n_joint is not None)}
+    if problem := floors.no_information(sat, np.zeros_like(floored)):
+        raise SatlabError(f"matrix '{matrix_path}' has nothing to analyse once floored pairs are set to "
+                          f"{floor_info['rule']}: {problem}")
     if (out_dir / "summary.json").is_file() and (out_dir / "sat_matrix.csv").is_file():
         out_dir = out_dir / "analyze"  # inside a task=sat run dir: keep its summary.json
     timings["load"] = time.perf_counter() - start
@@ -126,6 +222,7 @@ def run(cfg: DictConfig) -> dict:
     table, dropped = features.component_table(components, names)
     pairs = features.pair_features(table)
     pairs.insert(2, "sat", features.pair_targets(sat))
+    pairs.insert(3, "floored", features.pair_targets(floored).astype(bool))
     seeds = [int(acfg.seed) + i for i in range(int(acfg.importance_seeds))]
     imp = importance.component_importance(
         pairs[list(table.columns)], pairs["sat"].to_numpy(), seeds=seeds, model=str(acfg.importance_model),
@@ -133,7 +230,11 @@ def run(cfg: DictConfig) -> dict:
     timings["importance"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    result = clu.spectral_clusters(sat, acfg.get("n_clusters"), int(acfg.max_clusters), str(acfg.affinity))
+    max_clusters = min(int(acfg.max_clusters), len(names) - 1)
+    if max_clusters < int(acfg.max_clusters):
+        log.info("analyze.max_clusters=%s: the eigengap searches up to %d clusters (number of models - 1)",
+                 acfg.max_clusters, max_clusters)
+    result = clu.spectral_clusters(sat, acfg.get("n_clusters"), max_clusters, str(acfg.affinity))
     coords = clu.classical_mds(clu.sat_distance(sat))
     clusters = pd.DataFrame({"model": names, "cluster": result.labels, "family": [families[n] for n in names]})
     timings["clustering"] = time.perf_counter() - tick
@@ -147,7 +248,7 @@ def run(cfg: DictConfig) -> dict:
                       **consistency.kappa_sat_correlation(kappa, sat[np.ix_(idx, idx)])}
 
     tick = time.perf_counter()
-    stats = report.matrix_summary(names, sat, top=int(acfg.top_pairs))
+    stats = report.matrix_summary(names, sat, top=int(acfg.top_pairs), floored=floored, ci=ci)
     files = {
         "component_importance": _write_csv(out_dir / "component_importance.csv", imp.table, float_format="%.6g"),
         "pair_features": _write_csv(out_dir / "pair_features.csv", pairs, float_format="%.10g"),
@@ -156,8 +257,8 @@ def run(cfg: DictConfig) -> dict:
     figures = {
         "Component importance": plots.plot_importance(imp.table, out_dir / "importance.png",
                                                       f"Component importance ({imp.model})"),
-        "SAT sorted by cluster": plots.plot_cluster_heatmap(names, sat, result.labels,
-                                                            out_dir / "clusters_heatmap.png"),
+        "SAT sorted by cluster": plots.plot_cluster_heatmap(names, raw, result.labels,
+                                                            out_dir / "clusters_heatmap.png", floored),
         "Model map": plots.plot_model_map(names, coords, result.labels, out_dir / "model_map.png"),
         "Eigenvalues and eigengap": plots.plot_eigenvalues(result.eigenvalues, result.n_clusters, result.eigengap_k,
                                                            out_dir / "eigengap.png"),
@@ -171,7 +272,8 @@ def run(cfg: DictConfig) -> dict:
     text = report.build_report(
         matrix_path=str(matrix_path), stats=stats, importance=imp, dropped=dropped, clustering=result,
         clusters=clusters, kappa=kappa_info, figures={k: Path(v).name for k, v in figures.items()},
-        command=command_line(), config_yaml=_config_yaml(cfg), metadata_source=source_text)
+        command=command_line(), config_yaml=_config_yaml(cfg), metadata_source=source_text, floors=floor_info,
+        ci_info=ci_info)
     files["report"] = write_text(out_dir / "report.md", text)
     files.update({Path(p).stem: Path(p) for p in figures.values()})
     timings["write"] = time.perf_counter() - tick
@@ -185,7 +287,8 @@ def run(cfg: DictConfig) -> dict:
                        "ranking": imp.table["component"].tolist(),
                        "linear_ranking": imp.linear_table["component"].tolist()},
         "clusters": {"n_clusters": result.n_clusters, "eigengap_k": result.eigengap_k, "affinity": result.affinity,
-                     "sizes": [len(m) for _, m, _ in members]},
+                     "max_clusters_used": max_clusters, "sizes": [len(m) for _, m, _ in members]},
+        "floors": {**floor_info, "n_floored_pairs": len(floor_info["pairs"])}, "ci": ci_info,
         "kappa": kappa_info, "files": {k: Path(v).name for k, v in files.items()},
     }
     summary_path = write_summary(out_dir, cfg, timings, **extra)
@@ -203,11 +306,20 @@ def run(cfg: DictConfig) -> dict:
     tracker.log_artifact("sat-analysis", "analysis", [*files.values(), summary_path])
     tracker.finish()
 
-    _print_results(imp, members, result, kappa_info, out_dir)
+    _print_results(imp, members, result, kappa_info, out_dir, floor_info, stats, ci_info)
     return extra
 
 
-def _print_results(imp, members, result, kappa_info, out_dir: Path) -> None:
+def _print_results(imp, members, result, kappa_info, out_dir: Path, floor_info, stats, ci_info) -> None:
+    pairs = floor_info["pairs"]
+    if pairs:
+        shown = ", ".join(f"{a}/{b}" for a, b in pairs[:10]) + (f" and {len(pairs) - 10} more" * (len(pairs) > 10))
+        print(f"\n{len(pairs)} floored pair(s) (0% transfer, SAT = ln eps_s): {shown}")
+        print(f"  the analyses use {floor_info['rule']} for them (sat_matrix.csv keeps ln eps_s)")
+    print(f"\nMost similar pairs (SAT{', 95% CI' if ci_info.get('n_boot') else ''}):")
+    for p in stats["most_similar"]:
+        ci = f"  [{p['ci_low']:.3f}, {p['ci_high']:.3f}]" if np.isfinite(p["ci_low"]) else ""
+        print(f"  {p['a']} / {p['b']}: {p['sat']:.3f}{ci}")
     print("\nComponent importance (permutation, drop in held-out R^2):")
     if imp.note:
         print(f"  not computed: {imp.note}")

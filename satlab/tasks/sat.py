@@ -1,7 +1,8 @@
 """task=sat (the main job): load or train the model set, run the SAT engine, write every output file.
 
-Outputs in the run dir: records.npz, sat_matrix.csv (the paper's format), transfer_rates.csv, models.csv,
-heatmap.png, summary.json; and a wandb run (offline by default) with config, accuracies, tables and artifacts.
+Outputs in the run dir: records.npz, sat_matrix.csv (the paper's format), sat_ci.csv (per pair: SAT, bootstrap
+95% CI over images, |X_AB|, both transfer rates, floored), transfer_rates.csv, models.csv, heatmap.png,
+summary.json; and a wandb run (offline by default) with config, accuracies, tables and artifacts.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def run(cfg: DictConfig) -> dict:
     params = cfg.sat
     if not float(params.eps_s) > 0:
         raise SatlabError(f"sat.eps_s must be > 0 (it floors the argument of the log), got {params.eps_s}")
+    n_boot = params.get("n_bootstrap", 1000)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        raise SatlabError(f"sat.n_bootstrap={n_boot} must be an integer >= 0 (resamples for sat_ci.csv; 0: no CIs)")
     out = output_dir(cfg)
     timings: dict[str, float] = {}
     specs = model_specs(cfg.model_set)
@@ -78,12 +82,21 @@ def run(cfg: DictConfig) -> dict:
     rates = metric.transfer_rates(records.correct, records.fooled)
     table = models_table(loaded, records.correct, np.diagonal(rates))
 
+    tick = time.perf_counter()
+    pairs = pd.DataFrame(metric.pair_table(names, records.correct, records.fooled, float(params.eps_s),
+                                           n_boot=n_boot, seed=int(cfg.seed)))
+    timings["bootstrap_ci"] = time.perf_counter() - tick
+    floored = pairs.loc[pairs["floored"], ["model_a", "model_b"]].to_numpy().tolist()
+
     save_records(out / "records.npz", records)
     write_matrix(out / "sat_matrix.csv", names, sat)
     write_matrix(out / "transfer_rates.csv", names, rates)
     with atomic_path(out / "models.csv") as tmp:
         table.to_csv(tmp, index=False)
-    plot_sat_heatmap(names, sat, out / "heatmap.png", title=f"SAT: {cfg.model_set.name} on {data.name}, {attack.name}")
+    with atomic_path(out / "sat_ci.csv") as tmp:
+        pairs.to_csv(tmp, index=False, float_format="%.10g")
+    plot_sat_heatmap(names, sat, out / "heatmap.png", title=f"SAT: {cfg.model_set.name} on {data.name}, {attack.name}",
+                     floored=metric.floored(sat, float(params.eps_s)))
     n_pairs = metric.joint_correct(records.correct)
     summary = {
         "models": names,
@@ -93,6 +106,8 @@ def run(cfg: DictConfig) -> dict:
         "clean_accuracy": dict(zip(names, table["clean_accuracy"].round(4).tolist())),
         "whitebox_success": dict(zip(names, table["whitebox_success"].round(2).tolist())),
         "min_joint_correct": int(n_pairs.min()),
+        "floored_pairs": floored,
+        "bootstrap_ci": {"n_boot": n_boot, "seed": int(cfg.seed), "level": 0.95},
         "reused_sources": result.reused,
         "zoo": {m.spec.name: m.info for m in loaded if m.info},
     }
@@ -106,16 +121,16 @@ def run(cfg: DictConfig) -> dict:
     tracker.log_table("models", table.set_index("model"))
     tracker.log_image("heatmap", out / "heatmap.png")
     tracker.log_artifact("sat-records", "records", [out / f for f in (
-        "records.npz", "sat_matrix.csv", "transfer_rates.csv", "models.csv", "summary.json")])
+        "records.npz", "sat_matrix.csv", "sat_ci.csv", "transfer_rates.csv", "models.csv", "summary.json")])
     tracker.summary({"timings_s": timings, "samples": summary["samples"], "attack_notes": list(attack.notes)})
     tracker.finish()
 
     if params.get("print_table", True):
-        print_results(out, names, sat, table)
+        print_results(out, names, sat, table, floored)
     return summary
 
 
-def print_results(out: Path, names: list[str], sat: np.ndarray, table: pd.DataFrame) -> None:
+def print_results(out: Path, names: list[str], sat: np.ndarray, table: pd.DataFrame, floored: list) -> None:
     """A short table on stdout: accuracy and white-box success per model, the matrix, where the files are."""
     pd.set_option("display.width", 200)
     print(table[["model", "family", "clean_accuracy", "whitebox_success"]].to_string(index=False, float_format="%.3f"))
@@ -125,4 +140,8 @@ def print_results(out: Path, names: list[str], sat: np.ndarray, table: pd.DataFr
               "(raise attack.eps or attack.steps)")
     print("\nSAT matrix (natural log; ln 100 = 4.605):")
     print(pd.DataFrame(sat, index=names, columns=names).round(2).to_string())
+    if floored:
+        print(f"{len(floored)} floored pair(s) (0% transfer, SAT = ln eps_s): "
+              + ", ".join(f"{a}/{b}" for a, b in floored[:10]) + (" ..." if len(floored) > 10 else "")
+              + "; task=analyze keeps them from dominating (see its report)")
     print(f"\nresults in {out}")

@@ -64,6 +64,42 @@ class Tracker:
         self.run = None
 
 
+def sweep_context() -> dict[str, Any]:
+    """Inside a Hydra multirun job: its sweep folder, job number and overrides; {} for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    hydra_cfg = HydraConfig.get()
+    overrides = dict(item.split("=", 1) for item in hydra_cfg.overrides.task if "=" in item)
+    return {"dir": str(hydra_cfg.sweep.dir), "job": int(hydra_cfg.job.num), "overrides": overrides}
+
+
+def wandb_init_args(cfg: DictConfig, job_type: str, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Arguments of `wandb.init` for this task. The jobs of one sweep (or shard array) share a group named
+    after the sweep folder, and each job's overrides are config columns (`sweep.overrides`), so a sweep reads
+    as one table on the dashboard; `logger.group` wins when set."""
+    lcfg = cfg.get("logger") or {}
+    config = OmegaConf.to_container(cfg, resolve=True)
+    sweep = sweep_context()
+    group = lcfg.get("group")
+    if sweep:
+        config["sweep"] = sweep
+        group = group or "sweep:" + "/".join(Path(sweep["dir"]).resolve().parts[-2:])
+    return dict(
+        project=lcfg.get("project", "satlab"),
+        entity=lcfg.get("entity"),
+        group=group,
+        tags=list(lcfg.get("tags") or []),
+        mode=lcfg.get("mode", "offline"),
+        dir=str(out_dir),
+        job_type=job_type,
+        config=config,
+        reinit="finish_previous",
+    )
+
+
 def start_tracking(cfg: DictConfig, job_type: str, out_dir: str | os.PathLike) -> Tracker:
     """Start a wandb run for this task as `cfg.logger` says, or a no-op tracker for `logger=none`."""
     lcfg = cfg.get("logger") or {}
@@ -72,17 +108,7 @@ def start_tracking(cfg: DictConfig, job_type: str, out_dir: str | os.PathLike) -
     try:
         import wandb
 
-        run = wandb.init(
-            project=lcfg.get("project", "satlab"),
-            entity=lcfg.get("entity"),
-            group=lcfg.get("group"),
-            tags=list(lcfg.get("tags") or []),
-            mode=lcfg.get("mode", "offline"),
-            dir=str(out_dir),
-            job_type=job_type,
-            config=OmegaConf.to_container(cfg, resolve=True),
-            reinit="finish_previous",
-        )
+        run = wandb.init(**wandb_init_args(cfg, job_type, out_dir))
     except Exception as err:  # noqa: BLE001
         log.warning("wandb could not start (%s); continuing without tracking", err)
         return Tracker(None)
