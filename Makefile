@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCHATTACKS := torchattacks==3.5.1
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test install install-dev bench bench-ensemble clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test: install-dev
 
 bench: install-dev
 	$(PY) experiments/benchmarks/engine_bench.py $(ARGS)
+
+bench-ensemble: install
+	$(PY) experiments/benchmarks/ensemble_bench.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache

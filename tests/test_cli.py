@@ -3,20 +3,24 @@
 import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from satlab.cli import run
 from satlab.sat import metric
 from satlab.sat.records import load_records, read_matrix
-from satlab.utils import SatlabError
+from satlab.tasks.checks import check_config
+from satlab.utils import write_text
+from test_bad_input import write_tiny_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -39,18 +43,50 @@ def satlab_cli(args, tmp_path, cwd=None):
                           cwd=cwd or tmp_path, env=env, timeout=600)
 
 
+def _leaves(node, prefix=""):
+    """(dotted key, value) of every scalar in a plain nested dict."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 @pytest.mark.parametrize("group", ["dataset", "model_set", "attack", "task", "logger", "trainer"])
 def test_every_config_option_composes(group, tmp_path):
+    """Each option composes, lands where its file says (its group, or the root for `# @package _global_`), keeps
+    every value of its file, names itself, and passes the config checks."""
     options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-    assert options, f"no options in conf/{group}"
+    assert len(options) >= 2, f"conf/{group} has {options}"
     for option in options:
-        cfg = compose_cfg([f"{group}={option}"], tmp_path)
-        assert cfg[group] is not None
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=[f"{group}={option}", f"paths.output_dir={tmp_path}"])
+        text = (CONF / group / f"{option}.yaml").read_text()
+        raw = OmegaConf.to_container(OmegaConf.create(text))
+        raw.pop("defaults", None)
+        base = cfg if "# @package _global_" in text else cfg[group]
+        for key, value in _leaves(raw):
+            if value == "???":
+                assert OmegaConf.is_missing(base, key), f"{group}={option}: {key}"
+            elif not (isinstance(value, str) and "${" in value):  # interpolations resolve elsewhere
+                assert OmegaConf.select(base, key) == value, f"{group}={option}: {key}"
+        if group in ("dataset", "model_set", "attack", "logger"):
+            assert cfg[group].name == option
+        if group == "task":
+            assert cfg.task.name == option
+        check_config(cfg)  # every shipped option passes the schema
 
+
+def test_config_checks_pass_for_every_preset(tmp_path):
+    for preset in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
+        cfg = compose_cfg([f"experiment={preset}"], tmp_path)
+        check_config(cfg)
+        assert cfg.task.name == "sat" and cfg.seed == 0
 
 
 def test_experiment_presets(tmp_path):
-    assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) == ["paper69_imagenet", "smoke"]
+    assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) == [
+        "ensemble_digits", "paper69_ensemble", "paper69_imagenet", "smoke"]
     paper = compose_cfg(["experiment=paper69_imagenet", "dataset.root=/data/val"], tmp_path)
     assert paper.dataset.name == "imagenet" and paper.dataset.samples_per_class == 5
     assert len(paper.model_set.models) == 68 and "gluon_xception65" not in paper.model_set.models
@@ -101,56 +137,63 @@ def test_cli_imagefolder_fgsm_and_sweep(tiny_imagefolder, tmp_path):
     assert eps == [8 / 255, 26 / 255]  # the budgets used: 0.03 and 0.1 snapped to whole 8-bit levels
 
 
-def _assert_clean_failure(done, *needles):
-    assert done.returncode != 0
-    lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("satlab: error:"), done.stderr[-1500:]
-    assert "Traceback" not in done.stderr
-    for needle in needles:
-        assert needle in lines[-1], lines[-1]
+ANALYZE_FAST = ["task=analyze", "model_set=timm_tiny", "logger=none", "analyze.importance_seeds=1", "analyze.n_repeats=1",
+                "analyze.n_estimators=5"]
 
 
-def test_cli_bad_input_one_line_and_no_results(tmp_path):
-    done = satlab_cli(["model_set=timm_tiny", "model_set.models=[test_resnet,resnet5]", *FAST,
-                       "hydra.run.dir=run"], tmp_path)
-    _assert_clean_failure(done, "resnet5", "did you mean")
-    assert not any((tmp_path / "run" / name).exists() for name in OUTPUTS)
-    done = satlab_cli(["model_set=timm_tiny", "attack.eps=-0.1", *FAST, "hydra.run.dir=run2"], tmp_path)
-    _assert_clean_failure(done, "attack.eps")
-    assert not any((tmp_path / "run2" / name).exists() for name in OUTPUTS)
+def test_runs_started_together_get_their_own_folders(tmp_path):
+    """Two runs started in the same second never share a run folder; files get the user's umask (022: 0644)."""
+    matrix = write_tiny_matrix(tmp_path / "m.csv")
+    env = {**os.environ, "SATLAB_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    procs = [subprocess.Popen([sys.executable, "-m", "satlab.cli", *ANALYZE_FAST, f"analyze.matrix={matrix}"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: os.umask(0o022)) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    runs = sorted((tmp_path / "outputs" / "analyze").iterdir())
+    assert len(runs) == 2, runs
+    for run_dir in runs:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}", run_dir.name), run_dir.name
+        summary = run_dir / "summary.json"
+        assert json.loads(summary.read_text())["n_models"] == 4
+        assert summary.stat().st_mode & 0o777 == 0o644
+        assert (run_dir / "report.md").stat().st_mode & 0o777 == 0o644
 
 
-@pytest.mark.parametrize(
-    "overrides, needle",
-    [
-        (["dataset=imagefolder", "dataset.root=/no/such/folder"], "/no/such/folder"),
-        (["dataset=imagefolder"], "dataset.root"),
-        (["model_set.models=[]"], "at least 2"),
-        (["model_set.models=[test_resnet]"], "at least 2"),
-        (["model_set.models=[test_resnet,test_resnet]"], "more than once"),
-        (["attack.steps=0"], "attack.steps"),
-        (["sat.eps_s=0"], "eps_s"),
-    ],
-)
-def test_bad_input_raises_satlab_error(overrides, needle, tmp_path):
-    cfg = compose_cfg(["model_set=timm_tiny", *overrides], tmp_path)
-    with pytest.raises(SatlabError, match=needle.replace("[", r"\[")):
-        run(cfg)
-    assert not any((tmp_path / "out" / name).exists() for name in OUTPUTS)
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_atomic_writes_follow_the_umask(umask, mode, tmp_path):
+    old = os.umask(umask)
+    try:
+        path = write_text(tmp_path / "sub" / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+    assert (tmp_path / "sub").stat().st_mode & 0o777 == 0o777 & ~umask
 
 
-def test_class_count_mismatch_checkpoint(tmp_path):
-    seven = timm.create_model("test_resnet", num_classes=7)
-    torch.save(seven.state_dict(), tmp_path / "seven.pth")
-    cfg = compose_cfg(["model_set=timm_tiny", f"+model_set.catalog.test_resnet.checkpoint_path={tmp_path / 'seven.pth'}"],
-                      tmp_path)
-    with pytest.raises(SatlabError, match="10 classes"):
-        run(cfg)
-
-
-def test_pretrained_class_count_mismatch_is_caught_before_any_download(tmp_path):
-    cfg = compose_cfg([], tmp_path)
-    cfg.model_set = compose_cfg(["model_set=paper69"], tmp_path).model_set
-    cfg.model_set.models = ["resnet50", "vit_small_patch16_224"]
-    with pytest.raises(SatlabError, match="predicts 1000 classes but the dataset has 10"):
-        run(cfg)
+def test_non_editable_install_finds_its_configs(tmp_path):
+    """`pip install .` (a wheel, not editable) ships conf/ as satlab.conf; the installed CLI composes from it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "satlab", "conf"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, src / name)
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+           "--target", str(target), str(src)]
+    done = subprocess.run(pip, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (target / "satlab" / "conf" / "config.yaml").is_file()
+    assert sorted(p.name for p in (target / "satlab" / "conf" / "experiment").glob("*.yaml")) == sorted(
+        p.name for p in (CONF / "experiment").glob("*.yaml"))
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = "import satlab.cli as c; print(c.__file__); print(c.CONF_DIR)"
+    where = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=elsewhere)
+    assert where.stdout.split() == [str(target / "satlab" / "cli.py"), str(target / "satlab" / "conf")], where
+    shown = subprocess.run([sys.executable, "-m", "satlab.cli", "experiment=smoke", "--cfg", "job"],
+                           capture_output=True, text=True, env=env, cwd=elsewhere, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    job = OmegaConf.create(shown.stdout)
+    assert (job.model_set.name, job.attack.name, job.dataset.samples_per_class) == ("timm_tiny", "fgsm", 4)

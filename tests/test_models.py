@@ -262,6 +262,7 @@ def test_model_specs_resolves_catalog():
         {
             "name": "tiny",
             "models": ["r", "test_vit"],
+            "uncatalogued": "random",
             "input_size": "dataset",
             "catalog": {
                 "r": {
@@ -290,10 +291,13 @@ def test_model_specs_resolves_catalog():
         ({"name": "none"}, r"has 0 model\(s\)"),
         ({"models": ["a", "b", "a", "c", "b"]}, r"lists a, b more than once"),
         (
-            {"models": ["a", "b"], "catalog": {"a": {"components": {"colour": "red"}}}},
+            {"models": ["a", "b"], "uncatalogued": "random", "catalog": {"a": {"components": {"colour": "red"}}}},
             r"model 'a': unknown component\(s\) \['colour'\]; known: .*base_architecture",
         ),
-        ({"models": ["a", "b"], "catalog": {"b": {"weights": "x"}}}, r"model 'b': unknown catalog field\(s\) \['weights'\]"),
+        ({"models": ["a", "b"], "uncatalogued": "random", "catalog": {"b": {"weights": "x"}}},
+         r"model 'b': unknown catalog field\(s\) \['weights'\]"),
+        ({"name": "z", "models": ["a", "b"], "catalog": {"a": {}}}, r"model\(s\) b not in the catalog of model set 'z'"),
+        ({"models": ["a", "b"], "uncatalogued": "maybe"}, r"model_set.uncatalogued must be one of refuse, random"),
     ],
 )
 def test_model_specs_errors(model_set, match):
@@ -302,5 +306,6 @@ def test_model_specs_errors(model_set, match):
 
 
 def test_model_specs_accepts_every_component():
-    specs = model_specs({"models": ["a", "b"], "catalog": {"a": {"components": {c: "x" for c in COMPONENTS}}}})
+    specs = model_specs({"models": ["a", "b"], "uncatalogued": "random",
+                         "catalog": {"a": {"components": {c: "x" for c in COMPONENTS}}}})
     assert set(specs[0].components) == set(COMPONENTS) and len(COMPONENTS) == 13

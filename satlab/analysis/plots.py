@@ -19,7 +19,7 @@ from satlab.utils import atomic_path  # noqa: E402
 DPI = 120
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
     plt.close(fig)
@@ -42,7 +42,7 @@ def plot_importance(table: pd.DataFrame, path: str | os.PathLike, title: str = "
     ax.set_xlabel("permutation importance (drop in held-out R$^2$)")
     ax.set_title(title)
     ax.axvline(0, color="k", lw=0.6)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_cluster_heatmap(
@@ -74,7 +74,7 @@ def plot_model_map(
     ax.set_ylabel("MDS 2")
     ax.set_title(title or "Models by SAT distance (classical MDS)")
     ax.legend(fontsize=7, loc="best", ncol=2 if k > 6 else 1)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_eigenvalues(eigenvalues: np.ndarray, chosen: int, eigengap_k: int, path: str | os.PathLike) -> Path:
@@ -88,7 +88,7 @@ def plot_eigenvalues(eigenvalues: np.ndarray, chosen: int, eigengap_k: int, path
     ax.set_xlabel("index")
     ax.set_ylabel("eigenvalue of normalised Laplacian")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_kappa_vs_sat(kappa: np.ndarray, sat: np.ndarray, rho: float, path: str | os.PathLike) -> Path:
@@ -99,7 +99,7 @@ def plot_kappa_vs_sat(kappa: np.ndarray, sat: np.ndarray, rho: float, path: str 
     ax.set_xlabel("SAT")
     ax.set_ylabel("Cohen's kappa (clean errors)")
     ax.set_title(f"Error consistency vs SAT (Spearman rho = {rho:.3f})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sat_heatmap(
@@ -147,4 +147,4 @@ def plot_sat_heatmap(
                     color = "k" if im.norm(values[i, j]) > 0.6 else "w"  # readable on bright and dark cells
                     ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -55,7 +55,7 @@ def matrix_summary(
     }
 
 
-def _table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
     """A DataFrame as a Markdown table (no extra dependency)."""
     def cell(v: Any) -> str:
         return format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v).replace("|", "\\|")
@@ -155,7 +155,7 @@ def build_report(
         frame["floored"] = frame["floored"].map({True: "yes", False: ""})
         frame = frame.rename(columns={"a": "model A", "b": "model B", "sat": "SAT", "ci_low": "95% CI low",
                                       "ci_high": "95% CI high"})
-        lines += [f"**{title}**", "", _table(frame), ""]
+        lines += [f"**{title}**", "", markdown_table(frame), ""]
     lines += [ci_text(stats, ci_info), ""]
 
     lines += ["## Component importance", ""]
@@ -172,9 +172,9 @@ def build_report(
             f"{importance.r2['ensemble_mean']:.3f} +- {importance.r2['ensemble_std']:.3f}, ridge (linear) "
             f"{importance.r2['linear_mean']:.3f} +- {importance.r2['linear_std']:.3f}. Importance = drop in held-out "
             "R^2 when the component's feature is permuted (mean +- std over seeds and repeats).", "",
-            _table(importance.table), "",
+            markdown_table(importance.table), "",
             "Linear model (ridge) for comparison:", "",
-            _table(importance.linear_table), "",
+            markdown_table(importance.linear_table), "",
         ]
     if dropped:
         lines += ["Components left out: " + "; ".join(f"{c} ({why})" for c, why in dropped.items()) + ".", ""]
@@ -187,7 +187,7 @@ def build_report(
               f"Clusters: **{clustering.n_clusters}** (the eigengap suggests {clustering.eigengap_k}; the paper used "
               "10, `analyze.n_clusters=10`).", ""]
     members = cluster_members(clusters)
-    lines += _table(pd.DataFrame(
+    lines += markdown_table(pd.DataFrame(
         [(c, len(m), fams, ", ".join(m)) for c, m, fams in members],
         columns=["cluster", "size", "families", "members"])).splitlines() + [""]
 

@@ -18,9 +18,17 @@ from satlab.utils import SatlabError
 Item = tuple[torch.Tensor, int, int]
 
 
+MIN_CLASSES = 2  # SAT needs at least two classes: see DatasetSplits
+
+
 @dataclass(frozen=True)
 class DatasetSplits:
-    """What every dataset function returns. `eval` is already reduced to the balanced subset."""
+    """What every dataset function returns. `eval` is already reduced to the balanced subset.
+
+    Refuses fewer than MIN_CLASSES classes, both in the label space and among the evaluation images: with one
+    class a model cannot be fooled (its only answer stays right), so every SAT would be the floor ln(eps_s), and
+    a constant model would count as correct on every image.
+    """
 
     name: str
     train: Dataset | None
@@ -28,6 +36,23 @@ class DatasetSplits:
     num_classes: int
     resolution: int
     class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if self.num_classes < MIN_CLASSES:
+            raise SatlabError(
+                f"dataset '{self.name}' has {self.num_classes} class(es) ({', '.join(self.class_names)}); SAT needs "
+                f"at least {MIN_CLASSES}: with one class no attack can change a prediction and every SAT would be "
+                "ln(sat.eps_s); add class folders"
+            )
+        if len(self.eval) == 0:
+            return
+        present = np.unique(labels_and_ids(self.eval)[0])
+        if len(present) < MIN_CLASSES:
+            raise SatlabError(
+                f"the evaluation images of dataset '{self.name}' are all of one class ({self.class_names[present[0]]}); "
+                f"SAT needs images of at least {MIN_CLASSES} classes (a model that always answers that class would "
+                "count as correct on every image); point dataset.root at a folder with more classes"
+            )
 
 
 class LabeledDataset(Dataset):
@@ -133,10 +158,10 @@ def check_samples_per_class(samples_per_class: int | None) -> None:
 def check_params(resolution: int, resize: int | None, samples_per_class: int | None) -> None:
     """Reject bad sizes, a resize smaller than the crop, and a bad samples_per_class, before any loading."""
     check_samples_per_class(samples_per_class)
-    if not isinstance(resolution, int) or resolution < 1:
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise SatlabError(f"dataset.resolution must be a positive integer, got {resolution!r}")
     if resize is not None:
-        if not isinstance(resize, int) or resize < 1:
+        if isinstance(resize, bool) or not isinstance(resize, int) or resize < 1:
             raise SatlabError(f"dataset.resize must be a positive integer, got {resize!r}")
         if resize < resolution:
             raise SatlabError(

@@ -99,6 +99,24 @@ def data_overrides(spec: ModelSpec, resolution: int) -> dict[str, Any]:
     return {"input_size": (3, size, size)}
 
 
+def check_input_size(model: PixelModel, name: str, resolution: int) -> None:
+    """One forward pass of a blank image at the dataset's resolution: a shape the model refuses (a patch size
+    that does not divide the resolution, a fixed position embedding) becomes one SatlabError up front."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, resolution, resolution))
+    except Exception as err:  # noqa: BLE001 - shape errors come as AssertionError, RuntimeError, ValueError
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200].rstrip(".")
+        raise SatlabError(
+            f"model '{name}' cannot take the dataset's {resolution} x {resolution} images ({detail}); choose a "
+            "dataset.resolution it accepts (for a patch model, a multiple of its patch size) or give the model "
+            "its own input_size in the model set"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
 def build_model(spec: ModelSpec, num_classes: int, resolution: int, seed: int = 0) -> PixelModel:
     """A pretrained / checkpoint / randomly initialised timm model, wrapped to take [0,1] pixels, in eval mode.
 
@@ -111,4 +129,6 @@ def build_model(spec: ModelSpec, num_classes: int, resolution: int, seed: int = 
         model = create_timm(spec, None if spec.pretrained else num_classes, seed)
     if getattr(model, "num_classes", num_classes) != num_classes:
         raise _class_mismatch(spec, model.num_classes, num_classes)
-    return PixelModel.from_timm(model, data_overrides(spec, resolution)).eval()
+    wrapped = PixelModel.from_timm(model, data_overrides(spec, resolution)).eval()
+    check_input_size(wrapped, spec.name, resolution)
+    return wrapped

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from satlab.data import DatasetSplits
-from satlab.models.factory import build_model, check_arch, check_classes
+from satlab.models.factory import build_model, check_arch, check_classes, check_input_size
 from satlab.models.specs import ModelSpec
 from satlab.models.wrapper import PixelModel
-from satlab.models.zoo import TrainConfig, load_or_train
+from satlab.models.zoo import TrainConfig, build_zoo_model, load_or_train
 from satlab.utils import SatlabError
 
 
@@ -34,6 +34,8 @@ def load_models(
     for spec in specs:  # every name and class count is checked before anything is trained or downloaded
         check_arch(spec.timm_name)
         check_classes(spec, data.num_classes)
+        if spec.train_seed is not None:  # before training anything: can the model take the dataset's images?
+            check_input_size(build_zoo_model(spec, data.num_classes, data.resolution), spec.name, data.resolution)
     try:
         train_cfg = TrainConfig(**dict(train or {}))
     except TypeError as err:

@@ -1,12 +1,14 @@
 """Model specs: what a model set says about each model (timm name, weights, family, architecture components).
 
 A model set config lists the models to run under `models` (plain names, so `model_set.models=[a,b]` works on
-the command line) and describes known models under `catalog`. A name missing from the catalog is taken as a
-timm model name with the model set's defaults.
+the command line) and describes known models under `catalog`. A name missing from the catalog is refused unless
+the model set's `uncatalogued` says how to build it: `random` (timm's architecture, random init) or `pretrained`
+(timm's pretrained weights). An untrained model in a map of trained ones would give a wrong map, not an error.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -28,6 +30,8 @@ COMPONENTS: tuple[str, ...] = (
     "dw_conv",
     "group_conv",
 )
+
+UNCATALOGUED = ("refuse", "random", "pretrained")  # what `model_set.uncatalogued` may say
 
 
 @dataclass(frozen=True)
@@ -73,13 +77,43 @@ def model_specs(model_set: Mapping[str, Any]) -> list[ModelSpec]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SatlabError(f"model_set.models lists {', '.join(dupes)} more than once; list each model once")
+    check_catalogued(model_set, names)
     return [resolve_spec(model_set, name) for name in names]
+
+
+def uncatalogued_mode(model_set: Mapping[str, Any]) -> str:
+    """`model_set.uncatalogued` (default refuse), checked."""
+    mode = model_set.get("uncatalogued", "refuse")
+    if mode not in UNCATALOGUED:
+        raise SatlabError(f"model_set.uncatalogued must be one of {', '.join(UNCATALOGUED)}, got {mode!r}")
+    return mode
+
+
+def check_catalogued(model_set: Mapping[str, Any], names: list[str]) -> None:
+    """Refuse names outside the catalog unless `model_set.uncatalogued` says random or pretrained."""
+    catalog = model_set.get("catalog") or {}
+    missing = [str(n) for n in names if n not in catalog]
+    if not missing or uncatalogued_mode(model_set) != "refuse":
+        return
+    close = sorted({c for n in missing for c in difflib.get_close_matches(n, list(catalog), n=2, cutoff=0.8)})
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    known = ", ".join(list(catalog)[:12]) + (", ..." if len(catalog) > 12 else "")
+    raise SatlabError(
+        f"model(s) {', '.join(missing)} not in the catalog of model set '{model_set.get('name', '?')}' ({known or 'empty'}); "
+        f"{hint}to use a timm architecture outside it, set model_set.uncatalogued=random (random init, untrained) "
+        "or model_set.uncatalogued=pretrained (timm's pretrained weights)"
+    )
 
 
 def resolve_spec(model_set: Mapping[str, Any], name: str) -> ModelSpec:
     """The spec of one model name: its catalog entry with the model set's defaults, or a plain timm name."""
     model_set = _plain(model_set)
-    entry = dict((model_set.get("catalog") or {}).get(name) or {})
+    catalog = model_set.get("catalog") or {}
+    entry = dict(catalog.get(name) or {})
+    default_pretrained = model_set.get("pretrained", False)
+    if name not in catalog:
+        check_catalogued(model_set, [name])
+        default_pretrained = uncatalogued_mode(model_set) == "pretrained"
     components = {k: str(v) for k, v in (entry.pop("components", None) or {}).items()}
     unknown = set(components) - set(COMPONENTS)
     if unknown:
@@ -89,7 +123,7 @@ def resolve_spec(model_set: Mapping[str, Any], name: str) -> ModelSpec:
         name=str(name),
         timm_name=str(entry.pop("timm_name", name)),
         family=str(family),
-        pretrained=bool(entry.pop("pretrained", model_set.get("pretrained", False))),
+        pretrained=bool(entry.pop("pretrained", default_pretrained)),
         checkpoint_path=entry.pop("checkpoint_path", None),
         model_args=dict(entry.pop("model_args", None) or {}),
         components=components,

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from satlab.utils import SatlabError
 
-TASKS = ("sat", "analyze")
+TASKS = ("sat", "analyze", "ensemble")
 
 
 def get_task(name: str) -> Callable[[DictConfig], dict]:

@@ -23,7 +23,7 @@ from satlab.sat.engine import compute_records
 from satlab.sat.records import save_records, write_matrix
 from satlab.tasks.common import build, output_dir, write_summary
 from satlab.tasks.tracking import start_tracking
-from satlab.utils import SatlabError, atomic_path
+from satlab.utils import SatlabError, atomic_path, check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def models_table(loaded: list[LoadedModel], correct: np.ndarray, whitebox: np.nd
 def run(cfg: DictConfig) -> dict:
     """Compute the SAT matrix of `cfg.model_set` on `cfg.dataset` under `cfg.attack`."""
     params = cfg.sat
+    check_writable_dir(cfg.paths.cache_dir, "paths.cache_dir")
     if not float(params.eps_s) > 0:
         raise SatlabError(f"sat.eps_s must be > 0 (it floors the argument of the log), got {params.eps_s}")
     n_boot = params.get("n_bootstrap", 1000)
@@ -109,6 +110,7 @@ def run(cfg: DictConfig) -> dict:
         "floored_pairs": floored,
         "bootstrap_ci": {"n_boot": n_boot, "seed": int(cfg.seed), "level": 0.95},
         "reused_sources": result.reused,
+        "computed_sources": result.computed,
         "zoo": {m.spec.name: m.info for m in loaded if m.info},
     }
     timings.update(result.timings)
