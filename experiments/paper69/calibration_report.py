@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from satlab.analysis.report import markdown_table
 from satlab.sat.records import read_matrix
 from satlab.utils import SatlabError, atomic_path, write_text
 
@@ -119,13 +120,6 @@ def calibration_table(sweep_dir: Path, reference: Path) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["score", "run"], na_position="last").reset_index(drop=True)
 
 
-def _markdown_table(frame: pd.DataFrame) -> str:
-    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
-    rows = [" | ".join(frame.columns), " | ".join("---" for _ in frame.columns)]
-    rows += [" | ".join(cell(v) for v in row) for row in frame.itertuples(index=False)]
-    return "\n".join(f"| {r} |" for r in rows)
-
-
 def markdown(table: pd.DataFrame, reference: Path) -> str:
     """A short report: the reference's scale, the table, the closest setting."""
     first = table.iloc[0]
@@ -139,7 +133,7 @@ def markdown(table: pd.DataFrame, reference: Path) -> str:
         f"{first['ref_transfer_q10']:.1f}-{first['ref_transfer_q90']:.1f} %; "
         f"white-box min {first['ref_whitebox_min']:.1f} %.",
         "",
-        _markdown_table(table[cols]),
+        markdown_table(table[cols], floatfmt=".3g"),
         "",
         f"Closest (lowest KS(transfer) + KS(white-box)): run {first['run']}, {first['attack']} eps = "
         f"{first['eps_255']:.3g}/255, {int(first['steps'])} steps (score {first['score']:.3f}).",
