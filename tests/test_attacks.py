@@ -6,6 +6,7 @@ clean predictions, so every image starts correctly classified and each attack ha
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ import torchattacks
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from satlab.attacks import Attack, create_attack, list_attacks
+from satlab.attacks import Attack, attack_loss, create_attack, list_attacks
+from satlab.attacks.rounding import round_l2
 from satlab.models.wrapper import PixelModel
 from satlab.utils import SatlabError
 
@@ -27,16 +29,20 @@ LINF_ATTACKS = ("pgd_linf", "fgsm", "mifgsm")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def model() -> PixelModel:
-    """A random ConvNeXt (test_resnet's random init predicts one class for every input; this one does not)."""
+def random_convnext(num_classes: int, size: int) -> PixelModel:
+    """A frozen random ConvNeXt, seeded (test_resnet's random init predicts one class for every input)."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        inner = timm.create_model("test_convnext", num_classes=10)
-    net = PixelModel.from_timm(inner, {"input_size": (3, 32, 32)}).eval()
+        inner = timm.create_model("test_convnext", num_classes=num_classes)
+    net = PixelModel.from_timm(inner, {"input_size": (3, size, size)}).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net
+
+
+@pytest.fixture(scope="module")
+def model() -> PixelModel:
+    return random_convnext(10, 32)
 
 
 @pytest.fixture(scope="module")
@@ -73,18 +79,21 @@ EPS_L2 = 0.25
 def oracle_pairs(model):
     return {
         "pgd_linf": (
-            create_attack("pgd_linf", eps=EPS, step_size=ALPHA, steps=STEPS, random_start=False, quantize=False),
+            create_attack("pgd_linf", eps=EPS, step_size=ALPHA, steps=STEPS, random_start=False,
+                   quantize=False),
             torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=STEPS, random_start=False),
             ALPHA,
         ),
         "pgd_l2": (
-            create_attack("pgd_l2", eps=EPS_L2, step_size=EPS_L2 / 4, steps=STEPS, random_start=False, quantize=False),
+            create_attack("pgd_l2", eps=EPS_L2, step_size=EPS_L2 / 4, steps=STEPS, random_start=False,
+                   quantize=False),
             torchattacks.PGDL2(model, eps=EPS_L2, alpha=EPS_L2 / 4, steps=STEPS, random_start=False),
             EPS_L2 / 4,
         ),
         "fgsm": (create_attack("fgsm", eps=EPS, quantize=False), torchattacks.FGSM(model, eps=EPS), EPS),
         "mifgsm": (
-            create_attack("mifgsm", eps=EPS, step_size=ALPHA, steps=STEPS, quantize=False),
+            create_attack("mifgsm", eps=EPS, step_size=ALPHA, steps=STEPS,
+                   quantize=False),
             torchattacks.MIFGSM(model, eps=EPS, alpha=ALPHA, steps=STEPS, decay=1.0),
             2 * ALPHA,
         ),
@@ -152,19 +161,114 @@ def test_budget_and_range(model, data, name, quantize):
             assert (levels - torch.round(x * 255)).abs().max().item() <= 8
 
 
-def test_quantized_linf_with_budget_off_the_grid_stays_within_budget(model, data):
-    """eps = 0.03 is 7.65 levels: the quantized image steps back to 7 levels rather than leaving the budget."""
+def test_linf_budget_off_the_grid_is_snapped_with_a_warning(model, data, caplog):
+    """eps = 0.0627 (the README's '16/255') is 15.99 levels: the attack uses 16/255, says so, and records it."""
+    with caplog.at_level(logging.WARNING, logger="satlab.attacks.gradient"):
+        attack = create_attack("pgd_linf", eps=0.0627, steps=3)
+    assert attack.eps == 16 / 255
+    assert attack.describe()["eps"] == 16 / 255 and attack.describe()["alpha"] == pytest.approx(4 / 255)
+    assert len(attack.notes) == 1 and "0.0627" in attack.notes[0] and "16/255" in attack.notes[0]
+    assert attack.notes[0] in caplog.text
+    assert "16/255" in attack.summary()
+    # the budget used is the one recorded: the quantized image moves by 16 levels, not 15
     x, y = data
-    x_adv = _attack("pgd_linf", True, eps=0.03)(model, x, y)
-    assert torch.equal(x_adv, torch.round(x_adv * 255) / 255)
-    assert (torch.round(x_adv * 255) - torch.round(x * 255)).abs().max().item() == 7
-    assert (x_adv - x).abs().max().item() <= 0.03
+    x_adv = attack(model, x, y)
+    assert (torch.round(x_adv * 255) - torch.round(x * 255)).abs().max().item() == 16
+    # eps = 0.03 is 7.65 levels: nearest is 8
+    assert create_attack("pgd_linf", eps=0.03).eps == 8 / 255
+    # the same budget, however it was written, is one cache key
+    assert attack.describe() == create_attack("pgd_linf", eps=16 / 255, steps=3).describe()
+
+
+def test_linf_budget_within_a_thousandth_of_a_level_is_snapped_silently(caplog):
+    with caplog.at_level(logging.WARNING):
+        attack = create_attack("pgd_linf", eps=0.03137255)  # 8/255 to 7 digits
+    assert attack.eps == 8 / 255 and attack.notes == () and not caplog.text
+
+
+def test_unquantized_or_l2_budgets_are_not_snapped():
+    assert create_attack("pgd_linf", eps=0.03, quantize=False).eps == 0.03
+    assert create_attack("pgd_l2", eps=0.7, quantize=True).eps == 0.7
+    attack = create_attack("fgsm", eps=0.0627)
+    assert attack.eps == attack.alpha == 16 / 255 and len(attack.notes) == 1  # FGSM steps the budget used
+
+
+def test_linf_budget_below_half_a_level_is_refused():
+    with pytest.raises(SatlabError, match=r"attack\.eps=0\.001 is less than half an 8-bit level"):
+        create_attack("pgd_linf", eps=0.001)
+    assert create_attack("pgd_linf", eps=0.001, quantize=False).eps == 0.001
 
 
 def test_zero_budget_returns_the_input(model, data):
     x, y = data
     for name in list_attacks():
         assert torch.equal(create_attack(name, eps=0.0)(model, x, y), x)
+
+
+# --- L2 at ImageNet size -----------------------------------------------------------------------------------------
+# An L2 budget spreads over 3 x 224 x 224 values: eps = 1 is 0.66 levels RMS per value. The old rounding (nearest
+# level, L2 rescale, towards x) kept 0.07-0.35 x eps there and nothing at eps = 0.5.
+
+
+@pytest.fixture(scope="module")
+def model_224() -> PixelModel:
+    return random_convnext(1000, 224)
+
+
+def _loss(model, x, y) -> float:
+    with torch.no_grad():
+        return attack_loss(model(x), y, "ce").item()
+
+
+@pytest.mark.parametrize("eps", [0.5, 1.0, 2.0])
+def test_l2_keeps_its_budget_and_loss_at_224px(model_224, eps):
+    """The default L2 attack keeps >= 0.8 x eps and >= 0.8 x the unrounded loss increase; so does the 8-bit
+    option from eps = 1 on (measured 0.90 / 0.98 of the loss increase at eps 1 / 2, 0.71 at 0.5)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (2, 3, 224, 224), generator=gen).float() / 255
+    y = predict(model_224, x)
+    seeds = torch.arange(2)
+    default = instantiate(OmegaConf.load(CONF / "pgd_l2.yaml"), eps=eps, steps=5)
+    unrounded = create_attack("pgd_l2", eps=eps, steps=5, quantize=False)
+    rounded = create_attack("pgd_l2", eps=eps, steps=5, quantize=True)
+    base = _loss(model_224, x, y)
+    x_float = unrounded(model_224, x, y, seeds)
+    gain = _loss(model_224, x_float, y) - base
+    assert gain > 0
+    for attack, keep in ((default, 0.8), (rounded, 0.8 if eps >= 1 else 0.6)):
+        x_adv = attack(model_224, x, y, seeds)
+        norms = (x_adv - x).flatten(1).norm(dim=1)
+        assert norms.max().item() <= eps + 1e-4, norms
+        assert norms.min().item() >= 0.8 * eps, (attack.quantize, norms / eps)
+        kept = (_loss(model_224, x_adv, y) - base) / gain
+        assert kept >= keep, (attack.quantize, kept)
+    x_q = rounded(model_224, x, y, seeds)
+    assert torch.equal(x_q, torch.round(x_q * 255) / 255)
+
+
+def test_l2_rounding_is_budget_exact_and_aligned():
+    """round_l2 never leaves the ball, uses most of it, and points where the float perturbation points."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (3, 3, 16, 16), generator=gen).float() / 255
+    delta = torch.randn(x.shape, generator=gen)
+    for eps in (0.05, 0.3, 2.0):
+        d = delta * (eps / delta.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
+        x_adv = (x + d).clamp(0, 1)
+        q = round_l2(x_adv, x, eps) - x
+        norms = q.flatten(1).norm(dim=1)
+        assert norms.max().item() <= eps + 1e-6
+        assert norms.min().item() >= 0.9 * eps - 1 / 255, (eps, norms)
+        cos = torch.nn.functional.cosine_similarity(q.flatten(1), (x_adv - x).flatten(1))
+        assert cos.min().item() > 0.5, cos
+        assert (q * (x_adv - x) >= -1e-7).all(), "a value never moves against the float perturbation"
+
+
+def test_l2_budget_larger_than_the_pixel_cube_is_refused():
+    attack = create_attack("pgd_l2", eps=60.0)
+    attack.check_resolution(224)  # 388 is the diameter at 224 px
+    with pytest.raises(SatlabError, match=r"attack\.eps=60 is larger than the L2 distance between any two 32x32"):
+        attack.check_resolution(32)
+    create_attack("pgd_linf", eps=1.0).check_resolution(8)  # L-inf: bounded by 1 at construction
 
 
 # --- per-sample random start ----------------------------------------------------------------------------------
@@ -222,23 +326,57 @@ def test_pgd_white_box_success_at_32(model, data):
     assert fooled[correct].float().mean().item() >= 0.9
 
 
+def test_attack_beats_random_noise_of_the_same_budget(model, data):
+    """A random network is fragile, so fooling it proves little: the attack must do what noise cannot.
+
+    At 4/255 (observed): PGD fools 100% and raises the summed loss by 5.8; random +-eps noise fools 6% and raises
+    it by 0.01. An attack that ignored or inverted its gradient would fail both bounds.
+    """
+    x, y = data
+    eps = 4 / 255
+    gen = torch.Generator().manual_seed(5)
+    noise = ((torch.randint(0, 2, x.shape, generator=gen) * 2 - 1) * eps + x).clamp(0, 1)
+    base = _loss(model, x, y)
+    for name in ("pgd_linf", "mifgsm", "fgsm"):
+        x_adv = create_attack(name, eps=eps)(model, x, y, torch.arange(len(x)))
+        assert (predict(model, x_adv) != y).float().mean().item() >= 0.9, name
+        assert (predict(model, noise) != y).float().mean().item() <= 0.25
+        assert _loss(model, x_adv, y) - base >= 50 * max(_loss(model, noise, y) - base, 1e-3), name
+        # descending the gradient must not fool: the sign of the step matters
+        x_desc = (2 * x - x_adv).clamp(0, 1)
+        assert (predict(model, x_desc) != y).float().mean().item() <= 0.25, name
+
+
 # --- bad parameters ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("name", "kwargs", "match"),
     [
-        ("pgd_linf", {"eps": -1}, r"attack\.eps must be >= 0"),
-        ("pgd_linf", {"eps": float("nan")}, r"attack\.eps must be >= 0"),
-        ("pgd_linf", {"steps": 0}, r"attack\.steps must be >= 1"),
+        ("pgd_linf", {"eps": -1}, r"attack\.eps must be a number in \[0, 1\] for L-inf .*got -1$"),
+        ("pgd_linf", {"eps": float("nan")}, r"attack\.eps must be a number in \[0, 1\]"),
+        ("pgd_linf", {"eps": float("inf")}, r"attack\.eps must be a number in \[0, 1\] .*got inf"),
+        ("pgd_linf", {"eps": 1e9}, r"attack\.eps must be a number in \[0, 1\] .*got 1000000000\.0"),
+        ("fgsm", {"eps": "inf"}, r"attack\.eps must be a number in \[0, 1\]"),
+        ("pgd_linf", {"eps": True}, r"attack\.eps must be a number in \[0, 1\] .*got True"),
+        ("pgd_l2", {"eps": float("inf")}, r"attack\.eps must be a finite number >= 0 \(L2"),
+        ("pgd_l2", {"eps": -0.5}, r"attack\.eps must be a finite number >= 0"),
+        ("pgd_linf", {"steps": 0}, r"attack\.steps must be a positive whole number, got 0"),
+        ("pgd_linf", {"steps": -3}, r"attack\.steps must be a positive whole number"),
+        ("pgd_linf", {"steps": True}, r"attack\.steps must be a positive whole number, got True"),
+        ("pgd_linf", {"steps": 2.5}, r"attack\.steps must be a positive whole number, got 2\.5"),
+        ("pgd_linf", {"steps": "ten"}, r"attack\.steps must be a number, got 'ten'"),
+        ("pgd_linf", {"random_start": "no"}, r"attack\.random_start must be true or false, got 'no'"),
+        ("pgd_linf", {"quantize": "off"}, r"attack\.quantize must be true or false, got 'off'"),
+        ("pgd_l2", {"quantize": 1}, r"attack\.quantize must be true or false, got 1"),
         ("pgd_linf", {"norm": "l3"}, r"attack\.norm must be one of .*linf.*l2.*'l3'"),
-        ("pgd_linf", {"loss": "hinge"}, r"attack\.loss must be one of"),
-        ("pgd_linf", {"step_size": 0}, r"attack\.step_size must be > 0"),
-        ("mifgsm", {"momentum": -0.5}, r"attack\.momentum must be >= 0"),
+        ("pgd_linf", {"loss": "hinge"}, r"attack\.loss must be one of \('ce', 'margin'\), got 'hinge'$"),
+        ("pgd_linf", {"loss": "marign"}, r"attack\.loss must be one of .*; did you mean margin\?"),
+        ("pgd_linf", {"step_size": 0}, r"attack\.step_size must be a finite number > 0"),
+        ("pgd_linf", {"step_size": float("inf")}, r"attack\.step_size must be a finite number > 0"),
+        ("mifgsm", {"momentum": -0.5}, r"attack\.momentum must be a finite number >= 0"),
         ("pgd_linf", {"eps": "abc"}, r"attack\.eps must be a number, got 'abc'"),
         ("fgsm", {"eps": "8/255"}, r"attack\.eps must be a number, got '8/255'"),
-        ("pgd_linf", {"steps": "ten"}, r"attack\.steps must be a number, got 'ten'"),
-        ("pgd_linf", {"steps": 2.5}, r"attack\.steps must be a whole number"),
     ],
 )
 def test_bad_params_raise(name, kwargs, match):
@@ -256,16 +394,18 @@ def test_unknown_attack_suggests_close_name():
 
 def test_numeric_strings_are_accepted():
     attack = create_attack("pgd_linf", eps="0.0313725", steps="7", step_size=None)
-    assert attack.eps == pytest.approx(0.0313725) and attack.steps == 7 and attack.alpha == pytest.approx(0.0313725 / 4)
+    assert attack.eps == 8 / 255 and attack.steps == 7 and attack.alpha == 2 / 255  # on the grid, silently
+    same = create_attack("pgd_l2", eps=0.5, steps=3).describe()
+    assert create_attack("pgd_l2", eps="0.5", steps=3.0).describe() == same
 
 
 # --- configs ------------------------------------------------------------------------------------------------------
 
-EXPECTED = {
-    "pgd_linf": dict(norm="linf", steps=10, random_start=True, momentum=0.0, eps=32 / 255, alpha=8 / 255),
-    "pgd_l2": dict(norm="l2", steps=10, random_start=True, momentum=0.0, eps=2.0, alpha=0.5),
-    "fgsm": dict(norm="linf", steps=1, random_start=False, momentum=0.0, eps=32 / 255, alpha=32 / 255),
-    "mifgsm": dict(norm="linf", steps=10, random_start=False, momentum=1.0, eps=32 / 255, alpha=8 / 255),
+EXPECTED = {  # quantize: L-inf on 8-bit levels, L2 unrounded (see conf/attack/pgd_l2.yaml)
+    "pgd_linf": dict(norm="linf", steps=10, random_start=True, momentum=0.0, eps=32 / 255, alpha=8 / 255, quantize=True),
+    "pgd_l2": dict(norm="l2", steps=10, random_start=True, momentum=0.0, eps=2.0, alpha=0.5, quantize=False),
+    "fgsm": dict(norm="linf", steps=1, random_start=False, momentum=0.0, eps=32 / 255, alpha=32 / 255, quantize=True),
+    "mifgsm": dict(norm="linf", steps=10, random_start=False, momentum=1.0, eps=32 / 255, alpha=8 / 255, quantize=True),
 }
 
 
@@ -286,8 +426,10 @@ def test_attack_config_values(name):
     assert attack.norm == want["norm"] and attack.steps == want["steps"]
     assert attack.random_start is want["random_start"] and attack.momentum == want["momentum"]
     assert attack.eps == pytest.approx(want["eps"]) and attack.alpha == pytest.approx(want["alpha"])
-    assert attack.quantize is True and attack.loss == "ce"
+    assert attack.quantize is want["quantize"] and attack.loss == "ce"
     assert attack.describe()["alpha"] == pytest.approx(want["alpha"])
+    assert attack.notes == (), "a shipped config asks for exactly the budget it gets"
+    assert create_attack(name).quantize is want["quantize"], "the library default is the config's"
 
 
 def test_fgsm_is_one_step_of_size_eps(model, data):

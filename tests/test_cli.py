@@ -134,7 +134,7 @@ def test_cli_imagefolder_fgsm_and_sweep(tiny_imagefolder, tmp_path):
     sweep = satlab_cli(["-m", *common, "attack.eps=0.03,0.1", "hydra.sweep.dir=sweep"], tmp_path)
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     eps = [json.loads((tmp_path / "sweep" / str(i) / "summary.json").read_text())["attack"]["eps"] for i in (0, 1)]
-    assert eps == [0.03, 0.1]
+    assert eps == [8 / 255, 26 / 255]  # the budgets used: 0.03 and 0.1 snapped to whole 8-bit levels
 
 
 ANALYZE_FAST = ["task=analyze", "model_set=timm_tiny", "logger=none", "analyze.importance_seeds=1", "analyze.n_repeats=1",

@@ -1,7 +1,10 @@
-"""The main job end to end: train (or load) the digits zoo, compute its SAT matrix, analyse it.
+"""The main job end to end on a part of the digits zoo: train (or load) it, compute its SAT matrix, analyse it.
 
-The zoo is trained once (about 2-3 minutes on 2 cores) into SATLAB_CACHE_DIR (CI: .cache/satlab in the clone,
-else a pytest temp dir) and loaded from there afterwards.
+Four of the nine zoo models, with the zoo's own training settings (so the cache is shared with `make demo`):
+both ResNet-18 seeds, ConvNeXt and the MLP-Mixer; trained once (about 45 s on 2 quiet cores) into
+SATLAB_CACHE_DIR (CI: .cache/satlab in the clone, else a pytest temp dir) and loaded from there afterwards.
+The accuracy of all nine is documented from `make demo` in the README; the composition of the default zoo is
+checked here from its config.
 """
 
 import math
@@ -17,6 +20,8 @@ from satlab.sat import metric
 from satlab.sat.records import load_records, read_matrix
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+MODELS = ["resnet18_s0", "resnet18_s1", "convnext_atto", "mixer_p4"]
+SAME_ARCH = ("resnet18_s0", "resnet18_s1")
 
 
 @pytest.fixture(scope="module")
@@ -25,36 +30,50 @@ def zoo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sat")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["logger=none", "trainer.enable_progress_bar=false",
+                                           f"model_set.models=[{','.join(MODELS)}]", "dataset.samples_per_class=10",
                                            f"paths.output_dir={out}", f"paths.cache_dir={cache}"])
     return out, run(cfg)
 
 
-def test_zoo_is_diverse_and_accurate(zoo_run):
-    out, summary = zoo_run
+def test_default_zoo_is_diverse():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         zoo = compose("config").model_set
     families = {zoo.catalog[m].family for m in zoo.models}
     archs = [zoo.catalog[m].timm_name for m in zoo.models]
-    assert len(set(archs)) >= 8 and len(families) >= 4
+    assert len(archs) == 9 and len(set(archs)) >= 8 and len(families) >= 4
     assert len(archs) > len(set(archs)), "one architecture is trained twice, with different seeds"
+    assert set(MODELS) <= set(zoo.models)
+
+
+def test_zoo_models_are_accurate(zoo_run):
+    _, summary = zoo_run
+    assert sorted(summary["zoo"]) == sorted(MODELS) and summary["models"] == MODELS
     for name, info in summary["zoo"].items():
-        assert info["test_accuracy"] >= 0.90, (name, info["test_accuracy"])
-    assert min(summary["clean_accuracy"].values()) >= 0.90
+        assert info["test_accuracy"] >= 0.90, (name, info["test_accuracy"])  # on all 360 eval images
+    assert min(summary["clean_accuracy"].values()) >= 0.90 and summary["samples"] == 100
 
 
 def test_default_budget_is_strong_white_box_and_partial_transfer(zoo_run):
+    """Observed (4 models, 100 images, the models of the shared cache): white-box 100%, mean transfer 12.3%,
+    directed rates 2-32%; SAT of the two ResNet-18 seeds 3.22, the other pairs 1.15-2.76 (median 2.25). A broken
+    attack (noise-like) transfers ~0%, and an engine that mixed up sources and targets, or samples, would not
+    single out the same-architecture pair."""
     out, summary = zoo_run
     assert min(summary["whitebox_success"].values()) >= 90.0
     rec = load_records(out / "records.npz")
+    assert list(rec.models) == MODELS
     rates = metric.transfer_rates(rec.correct, rec.fooled)
     off = rates[~np.eye(len(rates), dtype=bool)]
-    assert 1.0 < off.mean() < 90.0 and off.max() < 99.0  # transfer neither ~0 % nor ~100 %
+    assert 5.0 < off.mean() < 40.0 and off.max() < 70.0, off
     names, sat = read_matrix(out / "sat_matrix.csv", symmetric_tol=1e-9)
     np.testing.assert_allclose(sat, metric.sat_matrix(rec.correct, rec.fooled), rtol=1e-9)
-    assert (np.diagonal(sat) <= math.log(100) + 1e-9).all()
+    np.testing.assert_allclose(np.diagonal(sat), math.log(100), atol=1e-9)  # white-box 100 %: ln 100
+    i, j = (names.index(m) for m in SAME_ARCH)
+    others = [sat[a, b] for a in range(len(names)) for b in range(a + 1, len(names)) if {a, b} != {i, j}]
+    assert sat[i, j] > np.median(others), (sat[i, j], others)
 
 
-def test_analysis_of_the_default_run(zoo_run, tmp_path):
+def test_analysis_of_the_run(zoo_run, tmp_path):
     out, _ = zoo_run
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["task=analyze", "logger=none", f"paths.output_dir={tmp_path}",
@@ -64,4 +83,4 @@ def test_analysis_of_the_default_run(zoo_run, tmp_path):
                  "clusters_heatmap.png", "model_map.png", "importance.png"):
         assert (tmp_path / name).is_file(), name
     kappa_names, kappa = read_matrix(tmp_path / "kappa_matrix.csv")
-    assert len(kappa_names) == 9 and np.allclose(np.diagonal(kappa), 1.0)
+    assert kappa_names == MODELS and np.allclose(np.diagonal(kappa), 1.0)

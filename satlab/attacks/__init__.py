@@ -6,6 +6,7 @@ Configs build them with `_target_: satlab.attacks.create_attack` and `name: <reg
 from __future__ import annotations
 
 import difflib
+from dataclasses import replace
 from typing import Any
 
 from satlab.attacks.gradient import Attack, attack_loss
@@ -14,7 +15,7 @@ from satlab.utils import SatlabError
 # name -> defaults that make the attack what its name says; the user's arguments override them
 _REGISTRY: dict[str, dict[str, Any]] = {
     "pgd_linf": dict(norm="linf", random_start=True),
-    "pgd_l2": dict(norm="l2", random_start=True),
+    "pgd_l2": dict(norm="l2", random_start=True, quantize=False),  # why unrounded: conf/attack/pgd_l2.yaml
     "fgsm": dict(norm="linf", steps=1, random_start=False),
     "mifgsm": dict(norm="linf", random_start=False, momentum=1.0),
 }
@@ -32,27 +33,22 @@ def create_attack(name: str, **kwargs: Any) -> Attack:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise SatlabError(f"unknown attack '{name}'; choose one of {', '.join(list_attacks())}{hint}")
     args = {**_REGISTRY[name], **{k: v for k, v in kwargs.items() if v is not None or k == "step_size"}}
-    for key in ("eps", "step_size", "momentum"):
-        if args.get(key) is not None:
+    for key in ("eps", "step_size", "momentum", "steps"):
+        if isinstance(args.get(key), str):
             args[key] = _number(key, args[key])
-    if args.get("steps") is not None:
-        args["steps"] = _integer("steps", args["steps"])
-    if name == "fgsm" and args.get("step_size") is None and args.get("eps", Attack.eps) > 0:
-        args["step_size"] = args.get("eps", Attack.eps)  # eps <= 0: left to Attack (eps=0 is a no-op attack)
-    return Attack(name=name, **args)
+    if isinstance(args.get("steps"), float) and args["steps"].is_integer():
+        args["steps"] = int(args["steps"])
+    attack = Attack(name=name, **args)
+    if name == "fgsm" and attack.step_size is None and attack.eps > 0:
+        attack = replace(attack, step_size=attack.eps)  # one step of the budget used (after any snapping)
+    return attack
 
 
-def _integer(key: str, value: Any) -> int:
-    number = _number(key, value)
-    if not number.is_integer():
-        raise SatlabError(f"attack.{key} must be a whole number, got '{value}'")
-    return int(number)
-
-
-def _number(key: str, value: Any) -> float:
+def _number(key: str, value: str) -> float:
+    """A number given as a string on the command line ('0.0314'; not '8/255')."""
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except ValueError:
         raise SatlabError(f"attack.{key} must be a number, got '{value}'") from None
 
 

@@ -1,21 +1,28 @@
 """Gradient attacks in pixel space: PGD (L-inf and L2), FGSM and MI-FGSM, as one iterative routine.
 
-All attacks take a model that maps [0,1] pixels to logits (see `satlab.models.wrapper.PixelModel`), keep the
-adversarial image in [0,1] and, by default, round it to 8-bit levels (an image on disk is 8-bit). For L-inf
-with a budget that is a multiple of 1/255 on 8-bit inputs, the rounded image stays within the budget exactly.
+All attacks take a model that maps [0,1] pixels to logits (see `satlab.models.wrapper.PixelModel`) and keep the
+adversarial image in [0,1]. With `quantize` (the default for the L-inf attacks) the image is put on 8-bit
+levels, as an image on disk, without leaving the budget: L-inf budgets are snapped to whole levels (k/255) and
+the attack says so in `notes`; L2 uses a budget-preserving rounding (`satlab.attacks.rounding`).
 The random start is drawn per sample from a generator seeded by that sample's seed, so an adversarial example
 does not depend on which other images share its batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import difflib
+import logging
+import math
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from satlab.attacks.rounding import LEVELS, round_l2, snap_linf, toward_levels
 from satlab.utils import SatlabError
+
+log = logging.getLogger(__name__)
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
@@ -34,9 +41,37 @@ def attack_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tenso
     return (other - true).sum()
 
 
+def _choice(key: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise SatlabError(f"attack.{key} must be one of {choices}, got '{value}'{hint}")
+
+
+def _real(key: str, value: object, rule: str, ok) -> None:
+    """`value` must be a finite int/float (not a bool) for which `ok(value)` holds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise SatlabError(f"attack.{key} must be {rule}, got {value!r}")
+
+
+def _flag(key: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise SatlabError(f"attack.{key} must be true or false, got {value!r}")
+
+
+def level_text(eps: float) -> str:
+    """'16/255 (0.0627)' for a budget on whole levels, else '0.03'."""
+    levels = eps * LEVELS
+    return f"{round(levels)}/255 ({eps:.4g})" if abs(levels - round(levels)) < 1e-6 else f"{eps:.4g}"
+
+
 @dataclass(frozen=True)
 class Attack:
-    """An untargeted gradient attack. `step_size=None` means eps/4; `momentum>0` makes it MI-FGSM."""
+    """An untargeted gradient attack. `step_size=None` means eps/4; `momentum>0` makes it MI-FGSM.
+
+    `eps` is the budget the attack uses: an L-inf budget off the 1/255 grid is snapped to the nearest level when
+    `quantize` is on, and `notes` says so (human-readable; not part of `describe()`).
+    """
 
     name: str = "pgd_linf"
     norm: str = "linf"
@@ -47,20 +82,39 @@ class Attack:
     momentum: float = 0.0
     loss: str = "ce"
     quantize: bool = True
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise SatlabError(f"attack.norm must be one of {NORMS}, got '{self.norm}'")
-        if self.loss not in LOSSES:
-            raise SatlabError(f"attack.loss must be one of {LOSSES}, got '{self.loss}'")
-        if not self.eps >= 0:  # also rejects NaN
-            raise SatlabError(f"attack.eps must be >= 0 in [0,1] pixel units (8/255 = 0.0314), got {self.eps}")
-        if int(self.steps) < 1:
-            raise SatlabError(f"attack.steps must be >= 1, got {self.steps}")
-        if self.step_size is not None and not self.step_size > 0:
-            raise SatlabError(f"attack.step_size must be > 0 (or null for eps/4), got {self.step_size}")
-        if not self.momentum >= 0:
-            raise SatlabError(f"attack.momentum must be >= 0, got {self.momentum}")
+        _choice("norm", self.norm, NORMS)
+        _choice("loss", self.loss, LOSSES)
+        if self.norm == "linf":
+            _real("eps", self.eps, "a number in [0, 1] for L-inf (pixel units: 8/255 = 0.0314)", lambda v: 0 <= v <= 1)
+        else:
+            rule = "a finite number >= 0 (L2 norm over all 3xHxW values in [0,1] units)"
+            _real("eps", self.eps, rule, lambda v: v >= 0)
+        _real("steps", self.steps, "a positive whole number", lambda v: v >= 1 and float(v).is_integer())
+        if self.step_size is not None:
+            _real("step_size", self.step_size, "a finite number > 0 (or null for eps/4)", lambda v: v > 0)
+        _real("momentum", self.momentum, "a finite number >= 0", lambda v: v >= 0)
+        _flag("random_start", self.random_start)
+        _flag("quantize", self.quantize)
+        if self.norm == "linf" and self.quantize and self.eps > 0 and snap_linf(self.eps) != self.eps:
+            self._snap()
+
+    def _snap(self) -> None:
+        """Put an L-inf budget on whole levels; say so unless it was a rounded k/255 (within 1/1000 level)."""
+        snapped = snap_linf(self.eps)
+        if snapped == 0:
+            raise SatlabError(
+                f"attack.eps={self.eps:g} is less than half an 8-bit level (1/255 = 0.0039): the 8-bit image "
+                "could not move; use attack.eps >= 0.0039 or attack.quantize=false")
+        if abs(self.eps * LEVELS - round(self.eps * LEVELS)) > 1e-3:
+            note = (f"attack.eps={self.eps:g} is not a whole number of 8-bit levels; the quantized L-inf attack "
+                    f"uses the nearest, {level_text(snapped)} (ask for it exactly, e.g. attack.eps={snapped!r}, "
+                    "or set attack.quantize=false)")
+            log.warning(note)
+            object.__setattr__(self, "notes", (*self.notes, note))
+        object.__setattr__(self, "eps", snapped)
 
     @property
     def alpha(self) -> float:
@@ -68,8 +122,27 @@ class Attack:
         return float(self.step_size) if self.step_size is not None else self.eps / 4
 
     def describe(self) -> dict:
-        """Everything that determines the attack's output (for cache keys and summaries)."""
-        return asdict(self) | {"alpha": self.alpha}
+        """Everything that determines the attack's output, with the budget it uses (for cache keys, summaries)."""
+        desc = {k: v for k, v in asdict(self).items() if k != "notes"} | {"alpha": self.alpha}
+        if self.norm == "l2" and self.quantize:
+            desc["l2_rounding"] = "aligned"  # budget-preserving: records made with the old rounding are not reused
+        return desc
+
+    def summary(self) -> str:
+        """One line for the console: the effective budget and steps."""
+        eps = level_text(self.eps) if self.norm == "linf" else f"{self.eps:g}"
+        rounding = "8-bit" if self.quantize else "float"
+        return (f"{self.name}: {self.norm} eps={eps}, {self.steps} step(s) of {self.alpha:.4g}, "
+                f"random_start={self.random_start}, loss={self.loss}, {rounding} images")
+
+    def check_resolution(self, resolution: int) -> None:
+        """An L2 budget above the diameter sqrt(3 R^2) of the pixel cube constrains nothing: surely a unit slip."""
+        diameter = math.sqrt(3 * resolution * resolution)
+        if self.norm == "l2" and self.eps > diameter:
+            raise SatlabError(
+                f"attack.eps={self.eps:g} is larger than the L2 distance between any two {resolution}x{resolution} "
+                f"images ({diameter:.4g}), so it constrains nothing; L2 budgets are in [0,1] pixel units over all "
+                "values (ImageNet-size images: 0.25-3)")
 
     def _projection(self, x: torch.Tensor):
         """The projection onto the budget around `x` intersected with [0,1] (L-inf: one clamp between bounds)."""
@@ -134,19 +207,8 @@ class Attack:
                 else:
                     step = grad / (_per_sample_norm(grad) + 1e-10)
                 x_adv = project(x_adv.detach().add_(step, alpha=self.alpha))
-        if self.quantize:
-            x_adv = _toward_levels(project(torch.round(x_adv * 255) / 255), x)
+        if self.quantize and self.norm == "l2":
+            x_adv = round_l2(x_adv, x, self.eps)
+        elif self.quantize:
+            x_adv = toward_levels(project(torch.round(x_adv * LEVELS) / LEVELS), x)
         return x_adv.detach()
-
-
-def _toward_levels(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Move each pixel to the nearest 8-bit level between it and `x` (float noise up to 1e-4 level is ignored).
-
-    The projection after rounding can leave pixels off their levels (the L2 rescaling, float rounding of
-    x + delta). Stepping towards x never enlarges |x_adv - x|, so the budget still holds, and the result is
-    on 8-bit levels whenever x is.
-    """
-    level = x_adv * 255
-    up = torch.floor(level + 1e-4) / 255
-    down = torch.ceil(level - 1e-4) / 255
-    return torch.where(x_adv > x, torch.maximum(up, x), torch.minimum(down, x))

@@ -64,6 +64,8 @@ def run(cfg: DictConfig) -> dict:
     timings["data"] = time.perf_counter() - start
     if len(data.eval) == 0:
         raise SatlabError(f"dataset '{data.name}' has no evaluation images")
+    attack.check_resolution(data.resolution)
+    log.info("attack %s", attack.summary())  # the budget used; attack.notes say what was adjusted
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     start = time.perf_counter()
     if cfg.model_set.get("trained_from"):  # the models a task=train run fine-tuned on this dataset
@@ -106,6 +108,7 @@ def run(cfg: DictConfig) -> dict:
         "models": names,
         "samples": int(len(records.sample_ids)),
         "attack": attack.describe(),
+        "attack_notes": list(attack.notes),
         "clean_accuracy": dict(zip(names, table["clean_accuracy"].round(4).tolist())),
         "whitebox_success": dict(zip(names, table["whitebox_success"].round(2).tolist())),
         "min_joint_correct": int(n_pairs.min()),
@@ -126,7 +129,7 @@ def run(cfg: DictConfig) -> dict:
     tracker.log_image("heatmap", out / "heatmap.png")
     tracker.log_artifact("sat-records", "records", [out / f for f in (
         "records.npz", "sat_matrix.csv", "sat_ci.csv", "transfer_rates.csv", "models.csv", "summary.json")])
-    tracker.summary({"timings_s": timings, "samples": summary["samples"]})
+    tracker.summary({"timings_s": timings, "samples": summary["samples"], "attack_notes": list(attack.notes)})
     tracker.finish()
 
     if params.get("print_table", True):
