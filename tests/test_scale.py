@@ -66,12 +66,12 @@ def zoo():
     return models, keys, data
 
 
-def run(zoo, k, cache=None, calls=None, sources=None, **kwargs):
+def run(zoo, k, cache=None, calls=None, sources=None, trainer=None, **kwargs):
     models, keys, data = zoo
     calls = [] if calls is None else calls
     wrapped = [Counted(m, f"m{i}", calls) for i, m in enumerate(models[:k])]
     return compute_records(wrapped, [f"m{i}" for i in range(k)], keys[:k], data, CountedAttack(calls), batch_size=64,
-                           cache_dir=cache, trainer_kwargs=QUIET, sources=sources, **kwargs)
+                           cache_dir=cache, trainer_kwargs={**QUIET, **(trainer or {})}, sources=sources, **kwargs)
 
 
 def cost(calls: list, steps: int) -> dict[str, tuple[int, int]]:
@@ -162,3 +162,16 @@ def test_bf16_autocast_keeps_adversarial_images_on_8bit_levels(zoo, tmp_path):
     cast = run(zoo, 2, tmp_path / "a", amp=True, store_adversarial=True)  # stores only 8-bit images, else raises
     assert cast.reused == [] and cast.computed == ["m0", "m1"]  # another precision, another key
     assert len(list((tmp_path / "a" / "records").glob("*.adv.npy"))) == 2
+
+
+def test_two_cpu_processes_split_the_sources_and_equal_one(zoo, tmp_path):
+    two = run(zoo, 3, tmp_path, trainer={"devices": 2}, store_adversarial=True)  # DDP, gloo, forked ranks
+    assert two.computed == ["m0", "m1", "m2"] and len(list((tmp_path / "records").glob("*.adv.npy"))) == 3
+    assert not list((tmp_path / "records").glob(".ranks-*"))
+    one = run(zoo, 3).records
+    assert np.array_equal(two.records.correct, one.correct) and np.array_equal(two.records.fooled, one.fooled)
+    added = run(zoo, 4, tmp_path, trainer={"devices": 2})  # ranks complete rows from stored images too
+    assert added.completed == ["m0", "m1", "m2"] and added.computed == ["m3"]
+    assert np.array_equal(added.records.fooled, run(zoo, 4).records.fooled)
+    with pytest.raises(SatlabError, match="set sat.resume=true"):
+        run(zoo, 2, trainer={"devices": 2})

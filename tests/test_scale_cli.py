@@ -19,7 +19,9 @@ COMMON = ["experiment=smoke", "dataset.samples_per_class=2", "trainer.accelerato
 
 
 def satlab(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "satlab.cli", *COMMON, *args], env=ENV, cwd=tmp,
+    flags = [a for a in args if a == "-m"]  # Hydra's flags before the overrides
+    return subprocess.run([sys.executable, "-m", "satlab.cli", *flags, *COMMON, *[a for a in args if a != "-m"]],
+                          env=ENV, cwd=tmp,
                           capture_output=True, text=True, timeout=900)
 
 

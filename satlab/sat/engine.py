@@ -16,6 +16,7 @@ No Hydra, no wandb here.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 import zlib
 from contextlib import ExitStack, nullcontext
@@ -88,12 +89,25 @@ class SATEngine(pl.LightningModule):
         self.correct = np.zeros((n, n_samples), dtype=bool)  # by dataset position
         self.clean_known = False
         self.plan: dict[int, Work] = {}
+        self.spill = ""  # multi-device: the folder where the ranks leave clean correctness and their columns
         self.fooled: dict[int, np.ndarray] = {}  # source -> [N, S]
 
     def on_predict_start(self) -> None:
         if self.device.type == "cuda":
             self.models.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if self.trainer.world_size > 1:  # each rank does every world_size-th source of the plan
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            self.plan = {src: w for i, (src, w) in enumerate(self.plan.items()) if i % world == rank}
         self.fooled = {src: np.zeros_like(self.correct) for src in self.plan}
+
+    def on_predict_end(self) -> None:
+        if self.trainer.world_size > 1:  # the ranks' results meet in the parent process through files
+            parts = {str(src): f for src, f in self.fooled.items()}
+            if self.trainer.global_rank == 0:
+                parts["correct"] = self.correct
+            for name, array in parts.items():
+                with atomic_path(Path(self.spill) / f"{name}.npy") as tmp:
+                    np.save(tmp, array)
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict:
         x, y, ids, pos = batch
@@ -160,11 +174,13 @@ def make_trainer(trainer_kwargs: dict[str, Any] | None) -> tuple[pl.Trainer, Eng
         callbacks=[progress] if progress else None,
         **trainer_kwargs,
     )
-    if trainer.world_size > 1:
-        raise SatlabError(
-            "the SAT engine gathers its records in one process: set trainer.devices=1 "
-            "(to use several devices or machines, run shards: sat.shard=i/n, then sat.assemble=true)"
-        )
+    if trainer.world_size > 1 and trainer_kwargs.get("strategy", "auto") in ("auto", "ddp"):
+        # ranks are forked from this process (no re-launch of the script), each seeing every image
+        trainer_kwargs |= {"strategy": "ddp_fork", "use_distributed_sampler": False}
+        return make_trainer(trainer_kwargs)
+    if trainer.world_size > 1 and trainer_kwargs.get("strategy") != "ddp_fork":
+        raise SatlabError(f"trainer.strategy={trainer_kwargs.get('strategy')}: the SAT engine splits its sources "
+                          "across devices with strategy ddp (forked ranks); drop trainer.strategy")
     return trainer, progress
 
 
@@ -211,6 +227,9 @@ def compute_records(
     engine = SATEngine(models, names, attack, seed, s, amp)
     loader = DataLoader(Positioned(data), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     todo = list(range(n)) if sources is None else [names.index(m) for m in sources]
+    if cache_dir is None and trainer.world_size > 1:
+        raise SatlabError(f"trainer.devices: {trainer.world_size} devices share their rows through the records cache: "
+                          "set sat.resume=true")
     if cache_dir is None and store_adversarial:
         raise SatlabError("sat.store_adversarial=true keeps the images in the cache: set sat.resume=true")
     keys = list(model_keys)
@@ -227,7 +246,14 @@ def compute_records(
         engine.plan = plan
         if progress:
             progress.label = ("clean pass + " if not engine.clean_known else "") + f"{len(plan)} source(s)"
-        trainer.predict(engine, loader, return_predictions=False)
+        if trainer.world_size == 1:
+            trainer.predict(engine, loader, return_predictions=False)
+        else:  # forked ranks: this process runs no step; it reads rank 0's clean pass and every rank's columns
+            with tempfile.TemporaryDirectory(dir=Path(cache_dir) / "records", prefix=".ranks-") as spill:  # type: ignore[arg-type]
+                engine.spill = spill
+                trainer.predict(engine, loader, return_predictions=False)
+                engine.correct = np.load(Path(spill) / "correct.npy")
+                engine.fooled = {src: np.load(Path(spill) / f"{src}.npy") for src in plan}
         engine.clean_known = True
 
     if cache_dir is None:
