@@ -1,7 +1,8 @@
 """The SAT engine: N clean passes, ONE attack per source model, N^2 forward passes on X_AB only.
 
-It runs as a LightningModule under ONE `trainer.predict` call whose step, for each batch, computes every model's
-clean correctness, then for every source still to do attacks the images that source classifies correctly and
+It runs as a LightningModule under few `trainer.predict` calls (the first with one source, then groups of sources
+that take about PASS_SECONDS each) whose step, for each batch, computes every model's clean correctness (first
+pass only), then for every source of the pass attacks the images that source classifies correctly and
 asks each target about the adversarial images that the target also classifies correctly (the rest of `fooled`
 is False by convention). Work streams batch by batch, so memory does not grow with the number of samples.
 
@@ -38,6 +39,11 @@ from satlab.sat.records import Records
 from satlab.utils import SatlabError, atomic_path, file_lock
 
 log = logging.getLogger(__name__)
+
+# One trainer.predict pass takes as many sources as fill about this many seconds (the first pass takes one, to
+# time it): few passes keep Lightning's fixed cost per pass small, and rows still reach the cache (and survive
+# an interruption or a preemption) every PASS_SECONDS or so.
+PASS_SECONDS = 30.0
 
 
 def sample_seeds(seed: int, source: str, sample_ids: torch.Tensor) -> torch.Tensor:
@@ -261,11 +267,16 @@ def compute_records(
         for src in todo:
             fooled[src] = engine.fooled[src]
         result.computed = [names[src] for src in todo]
-    pending, wait, forced = (todo if cache_dir is not None else []), False, set()
-    while pending:
-        busy, cached, plan, rows = [], {}, {}, {}
+    queue, busy, wait, forced, per_source = (list(todo) if cache_dir is not None else []), [], False, set(), None
+    while queue or busy:
+        if not queue:  # every other source is done: wait for the runs computing these
+            queue, busy, wait = busy, [], True
+        ranks = trainer.world_size  # a group of k sources per pass keeps k devices busy
+        group = ranks if per_source is None else max(ranks, int(PASS_SECONDS / max(per_source, 1e-9)))
+        cached, plan, rows = {}, {}, {}
         with ExitStack() as stack:
-            for src in pending:
+            while queue and len(plan) < group:
+                src = queue.pop(0)
                 row = None if src in forced else read_row(paths[src])
                 if row is not None and not row.missing(keys):
                     cached[src] = row
@@ -279,11 +290,15 @@ def compute_records(
                     cached[src] = row
                     continue
                 plan[src], rows[src] = _work(row, paths[src], names[src], keys, shape, store_adversarial, stack), row
+            started = time.perf_counter()
             run_pass(plan)
+            if plan:
+                per_source = (time.perf_counter() - started) / len(plan)
             current = Row(keys, engine.correct, ids, labels)
             completing = {src: rows[src] for src, work in plan.items() if work.stored is not None}
             redo = [src for src, row in {**cached, **completing}.items() if not row.check(current, names[src], paths[src])]
             forced.update(redo)
+            queue = redo + queue
             for src, row in cached.items():
                 if src not in forced:
                     fooled[src] = row.columns(keys)
@@ -300,7 +315,6 @@ def compute_records(
                     result.computed.append(names[src])
                 save_row(paths[src], new)
                 fooled[src] = new.columns(keys)
-        pending, wait = busy + redo, True
     result.timings["engine_passes"] = time.perf_counter() - start
     order = {m: i for i, m in enumerate(names)}
     for part in (result.reused, result.computed, result.completed):
