@@ -55,7 +55,8 @@ def file_hash(path: str | os.PathLike, length: int = 16) -> str:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; it replaces `path` only if the block finishes without error.
 
-    A crash or an exception therefore never leaves a half-written result file behind.
+    A crash or an exception therefore never leaves a half-written result file behind. The file gets the usual
+    permissions (0666 less the umask), not the temp file's 0600, so a shared cache or result folder stays readable.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +65,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -87,7 +91,7 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
 
     Run it before any expensive work, so a bad cache or output folder fails in a second, not after hours.
     """
-    folder = Path(path).expanduser()
+    folder = Path(path)
     hint = f"set {what} to a writable folder (e.g. {what}=$HOME/.cache/satlab) or fix its permissions"
     if folder.exists() and not folder.is_dir():
         raise SatlabError(f"{what} '{folder}' is a file, not a folder; {hint}")
@@ -125,7 +129,7 @@ def file_lock(path: str | os.PathLike, what: str, wait: bool = True) -> Iterator
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path.with_name(f".{path.name}.lock")))
+    lock = FileLock(str(path.with_name(f".{path.name}.lock")), mode=0o666)  # other users of a shared cache too
     try:
         lock.acquire(timeout=0)
     except Timeout:

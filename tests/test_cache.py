@@ -139,6 +139,17 @@ def test_truncated_row_is_named_moved_aside_and_recomputed(tmp_path, caplog):
     assert records(models, names, data, tmp_path).reused == names  # the recomputed row is cached again
 
 
+def test_cache_files_are_readable_by_others_under_the_umask(tmp_path):
+    models, names = tiny_models()
+    records(models, names, images(6), tmp_path)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for row in (tmp_path / "records").glob("*.npz"):
+        assert row.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600: a cache shared between users
+    locks = list((tmp_path / "records").glob(".*.lock"))
+    assert locks and all(lock.stat().st_mode & 0o777 == 0o666 for lock in locks)  # any user may take the lock
+
+
 def test_same_seed_same_records_other_seed_other_records(tmp_path):
     models, names = tiny_models()
     data = images(n=96)

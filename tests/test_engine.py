@@ -78,9 +78,9 @@ def test_resume_reuses_cached_source_rows(tiny_setup, tmp_path):
     keys = [m.fingerprint() for m in models]
     attack = create_attack("pgd_linf", eps=16 / 255, steps=2)
     first = compute_records(models, names, keys, data.eval, attack, cache_dir=tmp_path, trainer_kwargs=QUIET)
-    assert first.reused == [] and len(list((tmp_path / "records").glob("*.npz"))) == 4
+    assert first.reused == [] and first.computed == names and len(list((tmp_path / "records").glob("*.npz"))) == 4
     again = compute_records(models, names, keys, data.eval, attack, cache_dir=tmp_path, trainer_kwargs=QUIET)
-    assert again.reused == names
+    assert again.reused == names and again.computed == []
     assert (again.records.fooled == first.records.fooled).all()
     # another attack budget is another key: nothing reused
     other = create_attack("pgd_linf", eps=8 / 255, steps=2)
