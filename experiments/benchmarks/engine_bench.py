@@ -177,24 +177,30 @@ def main() -> None:
                                batch_size=int(cfg.sat.batch_size), trainer_kwargs=quiet).records
 
     load_before = os.getloadavg()
-    t_engines, t_naives = [], []
+    wall: dict[str, list[float]] = {"engine": [], "naive": []}
+    cpu: dict[str, list[float]] = {"engine": [], "naive": []}  # this process's CPU time: robust to other load
     for _ in range(args.rounds):  # interleaved: both sides under the same load
-        start = time.perf_counter()
-        rec = engine()
-        t_engines.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        pairwise_records(models, names, data.eval, ta_attack, batch_size=int(cfg.sat.batch_size))
-        t_naives.append(time.perf_counter() - start)
-    t_engine, t_naive = statistics.median(t_engines), statistics.median(t_naives)
+        for side, fn in (("engine", engine), ("naive", lambda: pairwise_records(
+                models, names, data.eval, ta_attack, batch_size=int(cfg.sat.batch_size)))):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            out = fn()
+            wall[side].append(time.perf_counter() - start)
+            cpu[side].append(time.process_time() - start_cpu)
+            if side == "engine":
+                rec = out
     load_after = os.getloadavg()
-    speedup = t_naive / t_engine
-    print(f"engine vs naive, {args.rounds} interleaved round(s): engine {', '.join(f'{t:.1f}' for t in t_engines)} s; "
-          f"naive {', '.join(f'{t:.1f}' for t in t_naives)} s; load average (1 min) {load_before[0]:.1f} before, "
-          f"{load_after[0]:.1f} after, on {os.cpu_count()} CPU(s)\n")
-    print("| speed-up of the engine over the naive loop | measured | ideal N - 1 | target 0.8 (N - 1) |")
-    print("|---|---|---|---|")
-    print(f"| {n} models x {s} samples | {speedup:.2f}x | {n - 1}x | {0.8 * (n - 1):.1f}x "
-          f"({'met' if speedup >= 0.8 * (n - 1) else 'NOT met'}) |\n")
+    t_engine, t_naive = statistics.median(wall["engine"]), statistics.median(wall["naive"])
+    ratio_wall = statistics.median(n_ / e_ for n_, e_ in zip(wall["naive"], wall["engine"]))
+    ratio_cpu = statistics.median(n_ / e_ for n_, e_ in zip(cpu["naive"], cpu["engine"]))
+    rounds = "; ".join(f"engine {we:.1f} s wall / {ce:.1f} s CPU, naive {wn:.1f} s / {cn:.1f} s" for we, ce, wn, cn
+                       in zip(wall["engine"], cpu["engine"], wall["naive"], cpu["naive"]))
+    print(f"engine vs naive, {args.rounds} interleaved round(s): {rounds}; load average (1 min) {load_before[0]:.1f} "
+          f"before, {load_after[0]:.1f} after, on {os.cpu_count()} CPU(s)\n")
+    print("| speed-up of the engine over the naive loop (median over rounds) | by CPU time | by wall time | "
+          "ideal N - 1 | target 0.8 (N - 1) |")
+    print("|---|---|---|---|---|")
+    print(f"| {n} models x {s} samples | {ratio_cpu:.2f}x | {ratio_wall:.2f}x | {n - 1}x | {0.8 * (n - 1):.1f}x "
+          f"({'met' if min(ratio_cpu, ratio_wall) >= 0.8 * (n - 1) else 'NOT met'}) |\n")
     if args.speedup_only:
         return
     x, y, _ = next(iter(torch.utils.data.DataLoader(data.eval, batch_size=len(data.eval))))
