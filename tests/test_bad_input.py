@@ -24,7 +24,7 @@ BASE = ["model_set=timm_tiny", "dataset.samples_per_class=2", "trainer.accelerat
 
 BAD_INPUTS: list[tuple[list[str], str]] = [
     # config names and syntax (Hydra finds these; satlab turns them into one line)
-    (["experiment=nosuch"], "unknown experiment 'nosuch'; choose one of: paper69_imagenet, smoke"),
+    (["experiment=nosuch"], "unknown experiment 'nosuch'; choose one of: cross_dataset_digits,"),
     (["dataset=nosuch"], "Could not find 'dataset/nosuch'; Available options in 'dataset': digits"),
     (["task=nosuch"], "Could not find 'task/nosuch'"),
     (["sat.nosuch=1"], "Could not override 'sat.nosuch'; To append to your config use +sat.nosuch=1"),

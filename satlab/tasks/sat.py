@@ -19,8 +19,9 @@ from satlab.analysis.plots import plot_sat_heatmap
 from satlab.models.loading import LoadedModel, load_models
 from satlab.models.specs import COMPONENTS, model_specs
 from satlab.sat import metric
-from satlab.sat.engine import compute_records
+from satlab.sat.engine import assemble_records, compute_records
 from satlab.sat.records import save_records, write_matrix
+from satlab.sat.shards import select_sources
 from satlab.tasks.common import build, output_dir, write_summary
 from satlab.tasks.tracking import start_tracking
 from satlab.train import engine_trainer_kwargs
@@ -58,6 +59,11 @@ def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     timings: dict[str, float] = {}
     specs = model_specs(cfg.model_set)
+    sources, assemble = select_sources([s.name for s in specs], params.get("shard")), bool(params.get("assemble"))
+    if assemble and sources is not None:
+        raise SatlabError("sat.assemble=true builds the whole map from the cache; drop sat.shard")
+    if (assemble or sources is not None) and not params.resume:
+        raise SatlabError("sat.shard and sat.assemble meet in the records cache: set sat.resume=true")
     attack = build(cfg, "attack")
     start = time.perf_counter()
     data = build(cfg, "dataset")
@@ -74,14 +80,31 @@ def run(cfg: DictConfig) -> dict:
         loaded = load_models(specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"), trainer_cfg)
     timings["models"] = time.perf_counter() - start
 
-    tracker = start_tracking(cfg, "sat", out)
+    names = [m.spec.name for m in loaded]
+    trainer_kwargs = engine_trainer_kwargs(trainer_cfg)
     start = time.perf_counter()
-    result = compute_records(
-        [m.model for m in loaded], [m.spec.name for m in loaded], [m.key for m in loaded], data.eval, attack,
-        seed=int(cfg.seed), batch_size=int(params.batch_size), num_workers=int(params.num_workers),
-        cache_dir=Path(cfg.paths.cache_dir) if params.resume else None, trainer_kwargs=engine_trainer_kwargs(trainer_cfg),
-    )
+    if assemble:  # before tracking: missing rows stop the run with nothing written
+        result = assemble_records(names, [m.key for m in loaded], data.eval, attack, cfg.paths.cache_dir,
+                                  seed=int(cfg.seed), trainer_kwargs=trainer_kwargs)
+    tracker = start_tracking(cfg, "sat", out)
+    if not assemble:
+        result = compute_records(
+            [m.model for m in loaded], names, [m.key for m in loaded], data.eval, attack,
+            seed=int(cfg.seed), batch_size=int(params.batch_size), num_workers=int(params.num_workers),
+            cache_dir=Path(cfg.paths.cache_dir) if params.resume else None, trainer_kwargs=trainer_kwargs,
+            sources=sources, store_adversarial=bool(params.get("store_adversarial")),
+        )
     timings["engine"] = time.perf_counter() - start
+    timings.update(result.timings)
+    if result.records is None:  # a shard: its rows are in the cache
+        summary = {"shard": sources, "reused_sources": result.reused, "computed_sources": result.computed,
+                   "completed_sources": result.completed}
+        write_summary(out, cfg, timings, **summary)
+        tracker.summary({"timings_s": timings, "shard": sources})
+        tracker.finish()
+        print(f"shard done: rows of {', '.join(sources or [])} are in {Path(cfg.paths.cache_dir) / 'records'}; "
+              "when every shard is done, run the same command with sat.assemble=true (and no sat.shard)")
+        return summary
     records = result.records
     names = records.models
     sat = metric.sat_matrix(records.correct, records.fooled, float(params.eps_s))
@@ -116,9 +139,10 @@ def run(cfg: DictConfig) -> dict:
         "bootstrap_ci": {"n_boot": n_boot, "seed": int(cfg.seed), "level": 0.95},
         "reused_sources": result.reused,
         "computed_sources": result.computed,
+        "completed_sources": result.completed,
+        "assembled": assemble,
         "zoo": {m.spec.name: m.info for m in loaded if m.info},
     }
-    timings.update(result.timings)
     write_summary(out, cfg, timings, **summary)
 
     tracker.log({f"clean_accuracy/{k}": v for k, v in summary["clean_accuracy"].items()})

@@ -1,0 +1,59 @@
+"""Shards from the command line: a Hydra submitit_local sweep over `sat.shard` (real submitit, local processes)
+then `sat.assemble=true` gives the records of one process; bad shard input is one `satlab: error:` line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from satlab.sat.records import load_records
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "WANDB_MODE": "offline",
+       "OMP_NUM_THREADS": "1"}
+COMMON = ["experiment=smoke", "dataset.samples_per_class=2", "trainer.accelerator=cpu",
+          "trainer.enable_progress_bar=false", "sat.print_table=false"]
+
+
+def satlab(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = [a for a in args if a == "-m"]  # Hydra's flags before the overrides
+    return subprocess.run([sys.executable, "-m", "satlab.cli", *flags, *COMMON, *[a for a in args if a != "-m"]],
+                          env=ENV, cwd=tmp,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_submitit_shard_sweep_then_assemble_equals_one_process(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    sweep = satlab(tmp_path, "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=15",
+                   f"hydra.sweep.dir={tmp_path / 'multirun'}", "sat.shard=0/2,1/2", cache)
+    assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-3000:]
+    assert list((tmp_path / "multirun").glob(".submitit/*/*_submitted.pkl")), "not launched through submitit"
+    assert not list((tmp_path / "multirun").glob("*/records.npz"))  # shards write rows, not maps
+    assert len(list((tmp_path / "cache" / "records").glob("*.npz"))) == 4
+    done = satlab(tmp_path, "sat.assemble=true", cache, f"paths.output_dir={tmp_path / 'assembled'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = satlab(tmp_path, f"paths.cache_dir={tmp_path / 'cache_one'}", f"paths.output_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = load_records(tmp_path / "assembled" / "records.npz"), load_records(tmp_path / "one" / "records.npz")
+    for key in ("models", "sample_ids", "labels", "correct", "fooled"):
+        assert np.array_equal(np.asarray(getattr(a, key)), np.asarray(getattr(b, key))), key
+    assert (tmp_path / "assembled" / "sat_matrix.csv").read_bytes() == (tmp_path / "one" / "sat_matrix.csv").read_bytes()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["sat.shard=4/4"], "shard index out of range"),
+    (["sat.shard=[test_vit,test_vit]"], "more than once"),
+    (["sat.assemble=true"], "no complete cached row for 4 source(s): test_resnet, test_vit, test_convnext, "
+                            "test_efficientnet"),
+])
+def test_bad_shard_input_is_one_error_line(tmp_path, args, message):
+    out = tmp_path / "out"
+    done = satlab(tmp_path, *args, f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={out}")
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("satlab: error:") and message in lines[0], done.stderr
+    assert not list(out.glob("*")) if out.exists() else True  # no result file
