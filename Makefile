@@ -11,12 +11,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# The stamps re-run pip only when pyproject.toml changes.
-$(VENV)/.stamp-install: pyproject.toml | $(PY)
+# The stamps re-run pip only when pyproject.toml or setup.py changes.
+$(VENV)/.stamp-install: pyproject.toml setup.py | $(PY)
 	$(PIP) install -q -e .
 	touch $@
 
-$(VENV)/.stamp-dev: pyproject.toml | $(PY)
+$(VENV)/.stamp-dev: pyproject.toml setup.py | $(PY)
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps $(TORCHATTACKS)
 	touch $@ $(VENV)/.stamp-install
