@@ -115,10 +115,13 @@ def train_or_load(
     identity: Mapping[str, Any] | None = None,
     trainable: str = "all",
     subdir: str = "trained",
+    module: Callable[..., ClassifierModule] = ClassifierModule,
 ) -> tuple[PixelModel, dict[str, Any]]:
     """Seed, build the starting network, then load its trained weights from the cache or train (and cache) them.
 
     Returns the trained PixelModel (eval mode) and info (key, weights path, accuracies, timings, cached).
+    `module` builds the LightningModule (e.g. a partial of satlab.train.distill.DistillModule); whatever it adds
+    to the training must be in `identity`.
     """
     epochs = training_epochs(trainer_cfg, recipe)
     cfg = recipe.cfg
@@ -135,13 +138,12 @@ def train_or_load(
     if weights.is_file() and meta_path.is_file():
         net.model.load_state_dict(load_file(str(weights)))
         return net.eval(), json.loads(meta_path.read_text()) | {"cached": True, "weights": str(weights)}
-    module = ClassifierModule(net, recipe.build("optimizer"), data.num_classes, scheduler=recipe.build("scheduler"),
-                              loss=recipe.build("loss"), scheduler_interval=cfg["scheduler_interval"],
-                              trainable=trainable, name=name)
+    lit = module(net, recipe.build("optimizer"), data.num_classes, scheduler=recipe.build("scheduler"),
+                 loss=recipe.build("loss"), scheduler_interval=cfg["scheduler_interval"], trainable=trainable, name=name)
     log.info("training %s (%s, %d epochs, seed %d)", name, trainable, epochs, seed)
     trainer = build_trainer(trainer_cfg, epochs)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(lit, datamodule=dm)
     seconds = time.perf_counter() - start
     val = trainer.callback_metrics.get("val/acc")
     info: dict[str, Any] = {"name": name, "key": key, "epochs": epochs, "trainable": trainable,
@@ -150,7 +152,7 @@ def train_or_load(
     if dm.val_set is dm.eval_set:
         info["test_accuracy"] = info["val_accuracy"]  # the final epoch's validation ran on the eval split
     else:
-        info["test_accuracy"] = round(float(trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"]), 6)
+        info["test_accuracy"] = round(float(trainer.test(lit, datamodule=dm, verbose=False)[0]["test/acc"]), 6)
     net = net.cpu().eval()
     with atomic_path(weights) as tmp:
         save_file({k: v.contiguous() for k, v in net.model.state_dict().items()}, str(tmp))
