@@ -214,3 +214,13 @@ def test_cli_bad_alpha_one_line_exit_2(tmp_path):
     assert done.returncode == 2 and lines[-1].startswith("satlab: error: distill.alpha"), done.stderr[-800:]
     assert "Traceback" not in done.stderr
     assert not any((tmp_path / "run" / name).exists() for name in OUTPUTS)
+
+
+def test_presets_compose():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        digits_cfg = compose("config", overrides=["experiment=distill_digits"])
+        paper = compose("config", overrides=["experiment=paper_distill", "dataset.root=/data/flowers"])
+    assert (digits_cfg.task.name, digits_cfg.dataset.name, digits_cfg.distill.student) == ("distill", "digits", "resnet18_s0")
+    assert len(list(digits_cfg.distill.seeds)) >= 3 and digits_cfg.distill.teachers is None  # the other 8 zoo models
+    assert paper.dataset.name == "flowers102" and list(paper.dataset.train_splits) == ["train", "val"]
+    assert set(paper.distill.teachers) <= set(paper.model_set.models) and paper.distill.student == "resnet18"

@@ -1,7 +1,8 @@
 """task=distill: which teacher should a student architecture learn from, and does SAT predict the gain?
 
 One student architecture (`distill.student`, a model of the model set), a pool of teachers (`distill.teachers`,
-default every other model of the set; `distill.teacher=x` for one job per teacher with `-m`). For every seed in
+default every other model of the set; `distill.teacher=x` for one job per teacher with `-m`; with
+`model_set.trained_from=<task=train run>` the teachers are the models that run fine-tuned on this dataset). For every seed in
 `distill.seeds` the student is trained once without a teacher (the baseline) and once per teacher, from the same
 initial weights with the same data order (satlab.train.distill). SAT to the student is measured against a
 reference instance of the student architecture trained independently of the distillation runs: the zoo's own
@@ -36,6 +37,7 @@ from satlab.tasks.common import build, output_dir, write_summary
 from satlab.tasks.tracking import start_tracking
 from satlab.train import Recipe, engine_trainer_kwargs
 from satlab.train.distill import check_distill, student_or_load
+from satlab.train.finetune import load_trained
 from satlab.train.distill_results import answer, answer_lines, plot_gain_vs_sat, rank_correlation, report_section, \
     results_table
 from satlab.utils import SatlabError, atomic_path, write_text
@@ -103,8 +105,11 @@ def run(cfg: DictConfig) -> dict:
     for spec in tspecs:
         check_classes(spec, data.num_classes)
     ref_specs = [sspec] if zoo_reference else []
-    loaded = load_models(tspecs + ref_specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"),
-                         trainer_cfg)
+    if cfg.model_set.get("trained_from"):  # teachers fine-tuned on this dataset by a task=train run
+        loaded = load_trained(tspecs + ref_specs, cfg.model_set.trained_from, data, int(cfg.seed))
+    else:
+        loaded = load_models(tspecs + ref_specs, data, int(cfg.seed), cfg.paths.cache_dir,
+                             cfg.model_set.get("train"), trainer_cfg)
     for item in loaded[: len(tspecs)]:
         classes = getattr(item.model.model, "num_classes", data.num_classes)
         if classes != data.num_classes:
