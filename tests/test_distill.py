@@ -176,9 +176,17 @@ def test_tiny_distill_run_end_to_end(tmp_path, one_thread):
     assert saved["task"] == "distill" and saved["reference"].startswith("test_resnet trained without a teacher")
     assert len(saved["runs"]) == 3 * 4
     # a second run with one teacher trains nothing: every student comes from the cache
-    summary = run(compose_cfg(["distill.teacher=test_vit", "distill.seeds=[0,1,2]",
+    # and with the SAT map given as a file, no attack runs and the SAT and teacher accuracy are the same
+    records = list((tmp_path / "cache" / "records").iterdir())
+    summary = run(compose_cfg(["distill.teacher=test_vit", "distill.seeds=[0,1,2]", f"distill.sat_matrix={out / 'sat_matrix.csv'}",
                                f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path / "b"))
     assert all(r["cached"] for r in summary["runs"])
+    again = pd.read_csv(tmp_path / "b" / "out" / "distill_results.csv")
+    assert list(again["teacher"]) == ["test_vit"]
+    np.testing.assert_allclose(again.iloc[0][["sat_to_student", "teacher_accuracy", "gain_mean"]].astype(float),
+                               table.iloc[0][["sat_to_student", "teacher_accuracy", "gain_mean"]].astype(float),
+                               equal_nan=True)
+    assert sorted(records) == sorted((tmp_path / "cache" / "records").iterdir())
 
 
 @pytest.mark.parametrize("overrides, needle", [

@@ -12,7 +12,7 @@ without a teacher at `distill.reference_seed` (not one of the seeds). The SAT ma
 Students are cached under `${paths.cache_dir}/distilled/`; a later run with every teacher collects a multirun's
 students from the cache without training.
 
-Outputs: distill_results.csv, gain_vs_sat.png, report.md, summary.json, a wandb run.
+Outputs: distill_results.csv, gain_vs_sat.png, report.md, sat_matrix.csv (when computed), summary.json, a wandb run.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from satlab.models.wrapper import PixelModel
 from satlab.models.zoo import zoo_recipe
 from satlab.sat import metric
 from satlab.sat.engine import compute_records
-from satlab.sat.records import read_matrix
+from satlab.sat.records import read_matrix, write_matrix
 from satlab.tasks.common import build, output_dir, write_summary
 from satlab.tasks.tracking import start_tracking
 from satlab.train import Recipe, engine_trainer_kwargs
-from satlab.train.distill import check_distill, student_or_load
+from satlab.train.distill import accuracy, check_distill, student_or_load
 from satlab.train.finetune import load_trained
 from satlab.train.distill_results import answer, answer_lines, plot_gain_vs_sat, rank_correlation, report_section, \
     results_table
@@ -97,6 +97,7 @@ def run(cfg: DictConfig) -> dict:
         if missing:
             raise SatlabError(f"distill.sat_matrix lacks {', '.join(missing)}; give a matrix with every teacher "
                               "and the reference, or leave distill.sat_matrix unset to compute it")
+    attack = build(cfg, "attack") if given is None else None
     out = output_dir(cfg)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     timings: dict[str, float] = {}
@@ -143,18 +144,19 @@ def run(cfg: DictConfig) -> dict:
     timings["students"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    map_names = teachers + [reference]
-    result = compute_records(models, map_names, [m.fingerprint() for m in models], data.eval, build(cfg, "attack"),
-                             seed=int(cfg.seed), batch_size=int(params.sat_batch_size), cache_dir=Path(cfg.paths.cache_dir),
-                             trainer_kwargs=engine_trainer_kwargs(trainer_cfg))
-    timings["sat"] = time.perf_counter() - start
-    teacher_acc = result.records.correct[: len(teachers)].mean(1)
     if given is not None:
         order = {n: i for i, n in enumerate(given[0])}
         sat = [given[1][order[n], order[reference]] for n in teachers]
+        teacher_acc = [accuracy(item.model, data.eval) for item in loaded[: len(tspecs)]]
     else:
+        result = compute_records(models, teachers + [reference], [m.fingerprint() for m in models], data.eval,
+                                 attack, seed=int(cfg.seed), batch_size=int(params.sat_batch_size),
+                                 cache_dir=Path(cfg.paths.cache_dir), trainer_kwargs=engine_trainer_kwargs(trainer_cfg))
         matrix = metric.sat_matrix(result.records.correct, result.records.fooled, float(params.eps_s))
         sat = list(matrix[: len(teachers), -1])
+        write_matrix(out / "sat_matrix.csv", teachers + [reference], matrix)
+        teacher_acc = list(result.records.correct[: len(teachers)].mean(1))
+    timings["sat"] = time.perf_counter() - start
 
     table = results_table(teachers, sat, teacher_acc, accs, baseline)
     corr = rank_correlation(table["sat_to_student"], table["gain_mean"], int(params.n_boot), int(cfg.seed))

@@ -140,3 +140,16 @@ def student_or_load(
         module = partial(DistillModule, teachers=list(teachers), alpha=alpha, temperature=temperature, mode=mode)
     return train_or_load(build, name, recipe, data, cache_dir, trainer_cfg, seed=seed,
                          identity={**dict(identity), "distill": setting}, subdir="distilled", module=module)
+
+
+def accuracy(model: nn.Module, data: Any, batch_size: int = 256) -> float:
+    """Clean accuracy of `model` (eval mode, pixels in) on a dataset of (image, label, id) items."""
+    from torch.utils.data import DataLoader
+
+    model.eval()
+    hits = total = 0
+    with torch.no_grad():
+        for x, y, _ in DataLoader(data, batch_size=batch_size):
+            hits += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    return hits / max(total, 1)
