@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from satlab.utils import SatlabError
 
-TASKS = ("sat", "analyze", "train", "compare", "cross_dataset", "ensemble")
+TASKS = ("sat", "analyze", "ensemble", "train", "compare", "cross_dataset", "distill")
 
 
 def get_task(name: str) -> Callable[[DictConfig], dict]:

@@ -113,10 +113,13 @@ def train_or_load(
     identity: Mapping[str, Any] | None = None,
     trainable: str = "all",
     subdir: str = "trained",
+    module: Callable[..., ClassifierModule] = ClassifierModule,
 ) -> tuple[PixelModel, dict[str, Any]]:
     """Seed, build the starting network, then load its trained weights from the cache or train (and cache) them.
 
     Returns the trained PixelModel (eval mode) and info (key, weights path, accuracies, timings, cached).
+    `module` builds the LightningModule (e.g. a partial of satlab.train.distill.DistillModule); whatever it adds
+    to the training must be in `identity`.
     """
     epochs = training_epochs(trainer_cfg, recipe)
     cfg = recipe.cfg
@@ -134,13 +137,13 @@ def train_or_load(
         info = read_cached_weights(net.model, weights)
         if info is not None:
             return net.eval(), info | {"cached": True, "weights": str(weights)}
-        module = ClassifierModule(net, recipe.build("optimizer"), data.num_classes,
-                                  scheduler=recipe.build("scheduler"), loss=recipe.build("loss"),
-                                  scheduler_interval=cfg["scheduler_interval"], trainable=trainable, name=name)
+        lit = module(net, recipe.build("optimizer"), data.num_classes, scheduler=recipe.build("scheduler"),
+                     loss=recipe.build("loss"), scheduler_interval=cfg["scheduler_interval"], trainable=trainable,
+                     name=name)
         log.info("training %s (%s, %d epochs, seed %d)", name, trainable, epochs, seed)
         trainer = build_trainer(trainer_cfg, epochs)
         start = time.perf_counter()
-        trainer.fit(module, datamodule=dm)
+        trainer.fit(lit, datamodule=dm)
         seconds = time.perf_counter() - start
         val = trainer.callback_metrics.get("val/acc")
         info = {"name": name, "key": key, "epochs": epochs, "trainable": trainable,
@@ -149,7 +152,7 @@ def train_or_load(
         if dm.val_set is dm.eval_set:
             info["test_accuracy"] = info["val_accuracy"]  # the final epoch's validation ran on the eval split
         else:
-            tested = trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"]
+            tested = trainer.test(lit, datamodule=dm, verbose=False)[0]["test/acc"]
             info["test_accuracy"] = round(float(tested), 6)
         net = net.cpu().eval()
         info["fingerprint"] = net.fingerprint()

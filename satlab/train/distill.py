@@ -1,0 +1,155 @@
+"""Knowledge distillation: the loss and a LightningModule that trains a student against frozen teacher(s).
+
+Soft (Hinton et al.): (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+Hard (DeiT-style, one head, no distillation token): (1 - alpha) * CE(student, y) + alpha * CE(student, argmax teacher);
+DeiT's equal weighting is alpha = 0.5. CE is the recipe's loss (label smoothing included).
+
+The teachers are frozen (no parameter requires grad), run under `torch.no_grad()` in eval mode for the whole
+run, and see exactly the batch the student sees (after the DataModule's augmentation). With several teachers
+their logits are averaged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from satlab.data import DatasetSplits
+from satlab.models.wrapper import PixelModel
+from satlab.train.fit import train_or_load
+from satlab.train.module import ClassifierModule
+from satlab.train.recipe import Recipe
+from satlab.utils import SatlabError
+
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")  # the frozen teachers
+
+MODES = ("soft", "hard")
+
+
+def check_distill(alpha: float, temperature: float, mode: str) -> None:
+    """SatlabError unless alpha is in [0, 1], temperature > 0 and mode is known."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+        raise SatlabError(f"distill.alpha must be in [0, 1] (the weight of the teacher term), got {alpha!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not float(temperature) > 0:
+        raise SatlabError(f"distill.temperature must be > 0 (it divides the logits), got {temperature!r}")
+    if mode not in MODES:
+        raise SatlabError(f"distill.mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def distill_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    mode: str = "soft",
+    ce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+) -> torch.Tensor:
+    """The distillation loss of student logits against teacher logits and labels (batch mean)."""
+    label_term = ce(student, target)
+    if mode == "hard":
+        return (1.0 - alpha) * label_term + alpha * F.cross_entropy(student, teacher.argmax(1))
+    t = float(temperature)
+    kl = F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean", log_target=True)
+    return (1.0 - alpha) * label_term + alpha * t * t * kl
+
+
+class DistillModule(ClassifierModule):
+    """ClassifierModule whose loss is `distill_loss` against frozen `teachers` (pixels in, logits out)."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable,
+        num_classes: int,
+        teachers: Sequence[nn.Module] = (),
+        alpha: float = 0.5,
+        temperature: float = 4.0,
+        mode: str = "soft",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(net, optimizer, num_classes, **kwargs)
+        check_distill(alpha, temperature, mode)
+        if not teachers:
+            raise SatlabError("distillation needs at least one teacher")
+        self.teachers = nn.ModuleList(teachers)
+        self.teachers.requires_grad_(False)
+        self.teachers.eval()
+        self.alpha, self.temperature, self.mode = float(alpha), float(temperature), mode
+
+    def train(self, mode: bool = True) -> "DistillModule":
+        super().train(mode)
+        self.teachers.eval()  # frozen teachers never switch to training mode (BN statistics, dropout)
+        return self
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        self.teachers.eval()  # Lightning restores per-module modes after validation; keep the teachers in eval
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean logits of the teachers on `x` (no graph)."""
+        with torch.no_grad():
+            return torch.stack([t(x) for t in self.teachers]).mean(0)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, _ = batch
+        logits = self.net(x)
+        teacher = self.teacher_logits(x)
+        if teacher.shape != logits.shape:
+            raise SatlabError(f"teacher logits have shape {tuple(teacher.shape)} but the student's "
+                              f"{tuple(logits.shape)}: teacher and student must predict the same classes")
+        loss = distill_loss(logits, teacher, y, self.alpha, self.temperature, self.mode, self.loss_fn)
+        self.train_acc(logits.argmax(1), y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+
+def student_or_load(
+    build: Callable[[], PixelModel],
+    name: str,
+    recipe: Recipe,
+    data: DatasetSplits,
+    cache_dir: str | Path,
+    trainer_cfg: Mapping[str, Any] | None,
+    seed: int,
+    identity: Mapping[str, Any],
+    teachers: Sequence[PixelModel] = (),
+    alpha: float = 0.5,
+    temperature: float = 4.0,
+    mode: str = "soft",
+) -> tuple[PixelModel, dict[str, Any]]:
+    """Train (or load from `<cache>/distilled/`) a student at `seed`, with the teachers or, with none, the baseline.
+
+    The baseline and every distilled student at one seed start from the same weights and see the same data order
+    and augmentation: train_or_load seeds before `build`, and the frozen teachers draw no random numbers. The key
+    adds the teachers' weights hashes (PixelModel.fingerprint), alpha, temperature and mode to train_or_load's.
+    """
+    setting = None
+    module: Callable[..., ClassifierModule] = ClassifierModule
+    if teachers:
+        check_distill(alpha, temperature, mode)
+        setting = {"teachers": [t.fingerprint() for t in teachers], "alpha": float(alpha),
+                   "temperature": float(temperature), "mode": mode}
+        module = partial(DistillModule, teachers=list(teachers), alpha=alpha, temperature=temperature, mode=mode)
+    return train_or_load(build, name, recipe, data, cache_dir, trainer_cfg, seed=seed,
+                         identity={**dict(identity), "distill": setting}, subdir="distilled", module=module)
+
+
+def accuracy(model: nn.Module, data: Any, batch_size: int = 256) -> float:
+    """Clean accuracy of `model` (eval mode, pixels in) on a dataset of (image, label, id) items."""
+    from torch.utils.data import DataLoader
+
+    model.eval()
+    hits = total = 0
+    with torch.no_grad():
+        for x, y, _ in DataLoader(data, batch_size=batch_size):
+            hits += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    return hits / max(total, 1)
