@@ -59,6 +59,11 @@ def held_by_another_process(lock: Path) -> bool:
         return False
 
 
+def rows(cache: Path) -> list[Path]:
+    """Finished records rows (atomic writes go through hidden temp files first; locks are hidden too)."""
+    return [p for p in (cache / "records").glob("*.npz") if not p.name.startswith(".")]
+
+
 def wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 300.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -110,11 +115,11 @@ def test_resume_after_kill_is_byte_identical(tmp_path):
     reference = satlab(tmp_path / "reference", tmp_path / "cache_ref")  # uninterrupted, its own cache
     killed = satlab(tmp_path / "killed", tmp_path / "cache")
     try:
-        wait_for(lambda: list((tmp_path / "cache" / "records").glob("*.npz")), "the first cached row", killed)
+        wait_for(lambda: rows(tmp_path / "cache"), "the first cached row", killed)
         os.killpg(killed.pid, signal.SIGKILL)
         killed.wait(timeout=60)
         assert killed.returncode == -signal.SIGKILL
-        done = sorted(p.name for p in (tmp_path / "cache" / "records").glob("*.npz"))
+        done = sorted(p.name for p in rows(tmp_path / "cache"))
         assert not (tmp_path / "killed" / "sat_matrix.csv").exists()
         resumed = satlab(tmp_path / "resumed", tmp_path / "cache")
         log = resumed.communicate(timeout=600)[0]

@@ -193,7 +193,8 @@ def test_tiny_distill_run_end_to_end(tmp_path, one_thread):
     (["distill.alpha=1.5"], "distill.alpha"),
     (["distill.alpha=-0.1"], "distill.alpha"),
     (["distill.temperature=0"], "distill.temperature"),
-    (["distill.student=resnet_nope"], "unknown model 'resnet_nope'"),
+    (["distill.student=resnet_nope", "model_set.uncatalogued=random"], "unknown model 'resnet_nope'"),
+    (["distill.student=resnet_nope"], "not in the catalog"),
     (["distill.teachers=[test_resnet]"], "is the student"),
     (["distill.seeds=[0,0]"], "distinct"),
 ])

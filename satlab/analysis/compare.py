@@ -117,7 +117,7 @@ def compare_matrices(names_a: Sequence[str], a: np.ndarray, names_b: Sequence[st
 
 def plot_comparison(result: Comparison, path, label_a: str = "A", label_b: str = "B"):
     """Scatter of the pairs' SAT in A against B, each point labelled with its pair."""
-    from satlab.analysis.plots import _save, plt
+    from satlab.analysis.plots import save_figure, plt
 
     fig, ax = plt.subplots(figsize=(7, 6))
     ax.scatter(result.pairs_a, result.pairs_b, s=22, edgecolor="k", lw=0.3)
@@ -128,7 +128,7 @@ def plot_comparison(result: Comparison, path, label_a: str = "A", label_b: str =
     ax.set_ylabel(f"SAT ({label_b})")
     ax.set_title(f"{len(result.models)} models: Spearman {result.spearman:.3f}, Kendall {result.kendall:.3f}, "
                  f"Mantel p {result.mantel_p:.3g}", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def comparison_section(result: Comparison, label_a: str = "A", label_b: str = "B") -> str:

@@ -58,8 +58,9 @@ def greedy(sat: np.ndarray, accuracy: np.ndarray, k: int, most_similar: bool = F
 
 def one_per_cluster(sat: np.ndarray, accuracy: np.ndarray, k: int) -> list[int]:
     """The most accurate model of each of k spectral SAT clusters, in order of accuracy (an empty cluster's
-    place goes to the most SAT-diverse remaining model)."""
-    labels = spectral_clusters(sat, n_clusters=k).labels
+    place goes to the most SAT-diverse remaining model). With k = N every model is a cluster of its own."""
+    n = len(accuracy)
+    labels = np.arange(n) if k >= n else spectral_clusters(sat, n_clusters=k).labels
     team = [max(np.flatnonzero(labels == c), key=lambda m: (accuracy[m], -m)) for c in np.unique(labels)]
     return greedy(sat, accuracy, k, start=sorted((int(m) for m in team), key=lambda m: (-accuracy[m], m)))
 

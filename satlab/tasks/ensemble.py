@@ -28,6 +28,7 @@ from satlab.ensemble.report import ensemble_section, headline
 from satlab.ensemble.stats import correlation_table
 from satlab.ensemble.teams import check_teams, team_table
 from satlab.models.loading import load_models
+from satlab.train import engine_trainer_kwargs
 from satlab.models.specs import model_specs
 from satlab.sat import metric
 from satlab.sat.engine import compute_records
@@ -133,8 +134,9 @@ def run(cfg: DictConfig) -> dict:
     data = build(cfg, "dataset")
     if len(data.eval) == 0:
         raise SatlabError(f"dataset '{data.name}' has no evaluation images")
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    loaded = load_models(specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"), trainer_kwargs)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    loaded = load_models(specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"), trainer_cfg)
+    trainer_kwargs = engine_trainer_kwargs(trainer_cfg)  # what a predict pass takes (device, precision, bar)
     timings["load"] = time.perf_counter() - start
 
     tick = time.perf_counter()

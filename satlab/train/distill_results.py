@@ -103,7 +103,7 @@ def plot_gain_vs_sat(table: pd.DataFrame, corr: dict[str, float], path: str | os
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from satlab.analysis.plots import _save
+    from satlab.analysis.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     err = np.vstack([table["gain_mean"] - table["gain_ci_low"], table["gain_ci_high"] - table["gain_mean"]])
@@ -115,7 +115,7 @@ def plot_gain_vs_sat(table: pd.DataFrame, corr: dict[str, float], path: str | os
     ax.set_xlabel(f"SAT(teacher, {student}) (natural log)")
     ax.set_ylabel("gain over no-teacher baseline (accuracy points, 95% CI)")
     ax.set_title(f"Distillation into {student}: Spearman rho = {corr['rho']:.2f}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def report_section(table: pd.DataFrame, corr: dict[str, float], ans: dict[str, Any], student: str,
