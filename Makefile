@@ -27,8 +27,10 @@ install-dev: $(VENV)/.stamp-dev
 demo: install
 	$(VENV)/bin/satlab $(ARGS)
 
+# one pytest worker per core (pytest-xdist); TEST_WORKERS=0 runs them in this process
+TEST_WORKERS ?= 2
 test: install-dev
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: install-dev
 	$(PY) experiments/benchmarks/engine_bench.py $(ARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,13 @@ import torch
 from PIL import Image
 from scipy.io import savemat
 from timm.data import ImageNetInfo
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest worker per core (pytest-xdist): two workers each running several intra-op
+    # threads on 2 cores fight for them and run several times slower. One thread each, also in the CLI
+    # subprocesses the tests start (they inherit OMP_NUM_THREADS).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 IMAGENET_INDICES = (0, 1, 500)  # canonical ImageNet-1k labels of the tiny ImageNet tree's folders
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from torch import nn
 
 import satlab.train.fit as fit
 from satlab.cli import run
+from satlab.data.common import balanced_subset
 from satlab.data.digits import digits
 from satlab.models.factory import build_model
 from satlab.models.specs import ModelSpec
@@ -68,7 +70,8 @@ def test_gain_interval_and_rank_correlation():
 
 @pytest.fixture(scope="module")
 def data():
-    return digits(samples_per_class=3)
+    full = digits(samples_per_class=3)
+    return replace(full, train=balanced_subset(full.train, 20))  # 200 training images: enough batches to compare
 
 
 class Teacher(nn.Module):

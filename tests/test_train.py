@@ -1,5 +1,6 @@
 """The training layer: DataModule splits, the classifier module (head-only training), the Trainer from config."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from satlab.cli import run
+from satlab.data.common import balanced_subset
 from satlab.data.digits import digits
 from satlab.models.factory import build_model
 from satlab.models.specs import ModelSpec
@@ -22,7 +24,8 @@ TINY = {"epochs": 1, "batch_size": 16}
 
 @pytest.fixture(scope="module")
 def data():
-    return digits(samples_per_class=3)
+    full = digits(samples_per_class=3)
+    return replace(full, train=balanced_subset(full.train, 20))  # 200 training images keep each fit short
 
 
 def ids_of(ds) -> set[int]:
@@ -114,6 +117,7 @@ def test_zoo_trains_with_trainer_overrides_from_the_command_line(tmp_path, one_t
             "logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "attack=fgsm",
             "model_set.models=[resnet18_s0,resnet18_s1]", "dataset.samples_per_class=2", "trainer.max_epochs=1",
             "trainer.precision=bf16-mixed", "+trainer.callbacks.timer={_target_:pytorch_lightning.callbacks.Timer}",
+            "+trainer.limit_train_batches=3",  # any Trainer option passes through (and keeps this test short)
             f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}"])
     summary = run(cfg)
     assert {info["epochs"] for info in summary["zoo"].values()} == {1}
