@@ -122,3 +122,16 @@ def test_zoo_trains_with_trainer_overrides_from_the_command_line(tmp_path, one_t
     summary = run(cfg)
     assert {info["epochs"] for info in summary["zoo"].values()} == {1}
     assert len(list((tmp_path / "cache" / "zoo").glob("*.safetensors"))) == 2
+
+
+def test_cached_accuracy_follows_the_evaluation_images(data, tmp_path, one_thread):
+    from satlab.train.distill import accuracy
+
+    spec = ModelSpec(name="tiny", timm_name="test_resnet", train_seed=0)
+    recipe = {"epochs": 1, "batch_size": 16}
+    _, first = load_or_train(spec, data, recipe, tmp_path, QUIET)
+    other = replace(data, eval=balanced_subset(data.train, 5))  # same training data, other evaluation images
+    model, again = load_or_train(spec, other, recipe, tmp_path, QUIET)
+    assert again["cached"] and again["key"] == first["key"]
+    assert again["test_accuracy"] == round(accuracy(model, other.eval), 6)
+    assert again["eval_data"] != first["eval_data"]

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from satlab.data import data_fingerprint, labels_and_ids
 from satlab.sat.engine import EngineProgress, Positioned
-from satlab.utils import SatlabError, atomic_path, stable_hash
+from satlab.utils import SatlabError, atomic_path, move_aside, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ class Predictions:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def cache_path(cache_dir: str | Path, name: str, model_key: str, data_key: str) -> Path:
-    """Where one model's log-probabilities on one dataset live: keyed by weights and data content only."""
-    key = stable_hash({"model": model_key, "data": data_key, "version": PROBS_VERSION})
+def cache_path(cache_dir: str | Path, name: str, model_key: str, data_key: str, precision: str = "32-true") -> Path:
+    """Where one model's log-probabilities on one dataset live: keyed by weights, data content and precision."""
+    key = stable_hash({"model": model_key, "data": data_key, "precision": precision, "version": PROBS_VERSION})
     return Path(cache_dir) / "probs" / f"{name}-{key}.npz"
 
 
@@ -81,7 +81,9 @@ def predict_log_probs(
     labels, ids = labels_and_ids(data)
     data_key = data_fingerprint(data)
     rows: list[torch.Tensor | None] = []
-    paths = [cache_path(cache_dir, n, k, data_key) if cache_dir else None for n, k in zip(names, model_keys)]
+    precision = str(dict(trainer_kwargs or {}).get("precision") or "32-true")
+    paths = [cache_path(cache_dir, n, k, data_key, precision) if cache_dir else None
+             for n, k in zip(names, model_keys)]
     for path in paths:
         rows.append(_load(path, ids))
     result = Predictions(list(names), torch.empty(0), labels, ids, data_key)
@@ -127,8 +129,8 @@ def _load(path: Path | None, ids: np.ndarray) -> torch.Tensor | None:
             if not np.array_equal(cached["sample_ids"], ids):
                 return None
             return torch.from_numpy(cached["log_probs"].astype(np.float16, copy=False))
-    except (OSError, KeyError, ValueError):
-        log.warning("ignoring unreadable cache file %s", path)
+    except Exception as err:  # noqa: BLE001 - truncated/garbled files raise BadZipFile, EOFError, zlib.error, ...
+        move_aside(path, f"{type(err).__name__}: {err}")
         return None
 
 

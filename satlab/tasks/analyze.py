@@ -106,9 +106,13 @@ def find_eps_s(option: Any, matrix_path: Path) -> float:
     if option is not None:
         return float(option)
     try:
-        return float(json.loads((matrix_path.parent / "summary.json").read_text())["config"]["sat"]["eps_s"])
+        config = json.loads((matrix_path.parent / "summary.json").read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return metric.DEFAULT_EPS_S
+    for task in ("sat", "ensemble", "distill"):  # the tasks that write a sat_matrix.csv
+        if isinstance(config.get(task), dict) and config[task].get("eps_s") is not None:
+            return float(config[task]["eps_s"])
+    return metric.DEFAULT_EPS_S
 
 
 def _int_option(acfg: DictConfig, key: str, low: int, what: str = "") -> int:

@@ -64,10 +64,12 @@ def _same_dataset(a: dict, b: dict) -> bool:
 
 
 def find_sat_matrix(option: Any, cfg: DictConfig, names: list[str], out_dir: Path) -> Path | None:
-    """`ensemble.sat_matrix`, else the newest run of this model set and dataset config covering every model."""
+    """`ensemble.sat_matrix`, else the newest run of this model set, dataset config, attack and seed covering
+    every model."""
     if option not in (None, ""):
         return Path(str(option)).expanduser()
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    attack = OmegaConf.to_container(cfg.attack, resolve=True)  # a map made with another attack or seed is not it
     found = []
     for path in (p for pattern in SEARCH for p in Path.cwd().glob(pattern)):
         summary = path.parent / "summary.json"
@@ -79,7 +81,8 @@ def find_sat_matrix(option: Any, cfg: DictConfig, names: list[str], out_dir: Pat
         except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
             continue
         if (config.get("model_set", {}).get("name") == cfg.model_set.name and set(names) <= set(header)
-                and _same_dataset(config.get("dataset", {}), dataset)):
+                and _same_dataset(config.get("dataset", {}), dataset) and config.get("seed") == cfg.seed
+                and config.get("attack") == attack):
             found.append(path)
     if not found and not cfg.ensemble.compute_sat:
         raise SatlabError(f"no SAT matrix of model set {cfg.model_set.name} on this dataset: pass "

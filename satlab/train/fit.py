@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import pytorch_lightning as pl
 
-from satlab.data import DatasetSplits
+from satlab.data import DatasetSplits, data_fingerprint
 from satlab.models.wrapper import PixelModel
 from satlab.train.datamodule import ClassificationDataModule
 from satlab.train.module import ClassifierModule
@@ -136,6 +136,11 @@ def train_or_load(
     with file_lock(weights, f"the weights of {name}"):
         info = read_cached_weights(net.model, weights)
         if info is not None:
+            eval_key = data_fingerprint(data.eval)
+            if info.get("eval_data") != eval_key:  # the key covers the training data, not the evaluation images
+                from satlab.train.distill import accuracy
+
+                info |= {"test_accuracy": round(accuracy(net, data.eval), 6), "eval_data": eval_key}
             return net.eval(), info | {"cached": True, "weights": str(weights)}
         lit = module(net, recipe.build("optimizer"), data.num_classes, scheduler=recipe.build("scheduler"),
                      loss=recipe.build("loss"), scheduler_interval=cfg["scheduler_interval"], trainable=trainable,
@@ -156,5 +161,6 @@ def train_or_load(
             info["test_accuracy"] = round(float(tested), 6)
         net = net.cpu().eval()
         info["fingerprint"] = net.fingerprint()
+        info["eval_data"] = data_fingerprint(data.eval)  # what test_accuracy was measured on
         write_cached_weights(net.model, weights, info)
         return net, info | {"cached": False, "weights": str(weights)}
