@@ -92,6 +92,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_csv(path: str | os.PathLike, frame: Any, index: bool = False, **kwargs: Any) -> Path:
+    """Write a pandas DataFrame as CSV atomically; keyword arguments go to `DataFrame.to_csv`."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=index, **kwargs)
+    return Path(path)
+
+
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     """`path` as an existing folder we can write to (created if missing), else one SatlabError naming `what`.
 

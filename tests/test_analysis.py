@@ -323,3 +323,22 @@ def test_floors_no_longer_dominate_distances_map_and_clusters():
     assert good.n_clusters == 3 and same_partition(good.labels, truth)
     raw_map, map_ = clu.classical_mds(clu.sat_distance(raw)), clu.classical_mds(clu.sat_distance(treated))
     assert np.ptp(raw_map[:, 0]) > 20 and np.ptp(map_[:, 0]) < 2 * span
+
+
+def test_structure_auc_and_twins_rank():
+    """Same-family AUC is the Mann-Whitney probability; twins' rank counts the pairs above them."""
+    from satlab.analysis.structure import family_auc, pair_ranks, structure
+
+    names = ["a0", "a1", "b", "c"]
+    fam = ["F", "F", "G", "G"]
+    sat = np.array([[9, 4.0, 1.0, 2.0], [4.0, 9, 3.0, 1.5], [1.0, 3.0, 9, 2.5], [2.0, 1.5, 2.5, 9]])
+    # same-family pairs: a0/a1 = 4.0, b/c = 2.5; cross: 1.0, 2.0, 3.0, 1.5 -> 4.0 beats 4, 2.5 beats 3 of 4
+    auc, n_same, n_cross = family_auc(sat, fam)
+    assert (n_same, n_cross) == (2, 4) and auc == pytest.approx(7 / 8)
+    ranks = pair_ranks(sat)
+    assert ranks[0, 1] == 1 and ranks[1, 2] == 2 and ranks[2, 3] == 3 and ranks[0, 2] == 6 and ranks[2, 1] == 2
+    shape = structure(sat, names, fam, ["r", "r", "x", "y"])
+    assert shape.twins == [("a0", "a1", 1)] and shape.n_pairs == 6
+    assert "AUC 0.88" in shape.line() and "a0/a1 1" in shape.line()
+    assert family_auc(sat, ["F", "G", "H", "I"])[0] is None  # no same-family pair: no AUC
+    assert family_auc(np.where(np.eye(4, dtype=bool), 9, 1.0), fam)[0] == 0.5  # all ties: no structure

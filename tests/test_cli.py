@@ -15,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from satlab.analysis.structure import family_auc
 from satlab.cli import run
 from satlab.sat import metric
 from satlab.sat.records import load_records, read_matrix
@@ -123,6 +124,10 @@ def test_tiny_run_writes_every_output(tmp_path):
     models_csv = (out / "models.csv").read_text().splitlines()
     assert models_csv[0].startswith("model,family,clean_accuracy")
     assert len(models_csv) == 5
+    shape = summary_file["structure"]  # the map's same-family AUC, recomputed from the written matrix
+    families = [line.split(",")[1] for line in models_csv[1:]]
+    assert shape["same_family_auc"] == pytest.approx(family_auc(sat, families)[0])
+    assert shape["same_family_pairs"] + shape["cross_family_pairs"] == 6
 
 
 def test_cli_imagefolder_fgsm_and_sweep(tiny_imagefolder, tmp_path):

@@ -166,3 +166,24 @@ def test_without_a_matrix_sat_is_computed_in_the_run(tmp_path, monkeypatch, one_
     assert len(pairs) == 6 and set(pd.read_csv(tmp_path / "out" / "ensemble_teams.csv").k) == {2}
     with pytest.raises(SatlabError, match="compute_sat"):
         run(compose_cfg([*TINY, "ensemble.compute_sat=false"], tmp_path / "again"))
+
+
+def test_a_sat_run_is_reused_only_for_the_same_weights(tmp_path, monkeypatch, one_thread):
+    """The newest task=sat run of this data and attack is used only if its summary lists the same model keys
+    (weights + preprocessing): same names with other weights (a retrained zoo) must not pass."""
+    monkeypatch.chdir(tmp_path)
+    sat_dir = tmp_path / "outputs" / "sat" / "run1"
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        sat_cfg = compose("config", overrides=[*FAST, "task=sat", "model_set=timm_tiny", "dataset.samples_per_class=2",
+                                               "attack=fgsm", "sat.n_bootstrap=0", "sat.print_table=false",
+                                               f"paths.output_dir={sat_dir}", f"paths.cache_dir={tmp_path / 'cache'}"])
+    sat_summary = run(sat_cfg)
+    assert set(sat_summary["model_keys"]) == set(NAMES)
+    found = run(compose_cfg([*TINY, "attack=fgsm", "ensemble.team_sizes=[2]"], tmp_path / "a"))
+    assert not found["sat_computed_here"] and found["sat_matrix"] == str((sat_dir / "sat_matrix.csv").resolve())
+    summary_file = sat_dir / "summary.json"
+    stored = json.loads(summary_file.read_text())
+    stored["model_keys"][NAMES[0]] = "other-weights"
+    summary_file.write_text(json.dumps(stored))
+    other = run(compose_cfg([*TINY, "attack=fgsm", "ensemble.team_sizes=[2]"], tmp_path / "b"))
+    assert other["sat_computed_here"]

@@ -97,6 +97,12 @@ def test_trainer_options_from_config(data, tmp_path, one_thread):
     from satlab.train.fit import key_options
 
     assert key_options({**QUIET, "precision": "32-true", "callbacks": {}}) == key_options({}) == {}
+    assert key_options({"devices": 1, "num_nodes": 1}) == key_options({"devices": "1"}) == {}
+    # DDP splits each batch over the processes: other weights, so another key (2 devices = "0,1" = [0, 1])
+    assert key_options({"devices": 2}) == key_options({"devices": "0,1"}) == key_options({"devices": [0, 1]}) \
+        == {"processes": 2}
+    assert key_options({"devices": 2, "num_nodes": 2}) == {"processes": 4}
+    assert key_options({"devices": "auto"}) == {"processes": "auto x 1"}  # resolved by Lightning at run time
     assert engine_trainer_kwargs(cfg) == {**QUIET, "precision": "bf16-mixed"}
     with pytest.raises(SatlabError, match="trainer"):
         build_trainer({"no_such_option": 1}, epochs=1)

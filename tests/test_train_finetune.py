@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from satlab.cli import run
-from satlab.data.shapes import CLASSES, shapes
+from satlab.data.shapes import CLASSES, MIN_CONTRAST, TEXTURE, colours, draw_shape, luminance, shapes
 from satlab.utils import SatlabError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -37,6 +37,18 @@ def test_shapes_dataset_is_deterministic_and_balanced():
     assert np.bincount(a.eval.labels).tolist() == [2] * 10
     other = shapes(train_per_class=3, test_per_class=2, seed=1)
     assert not np.array_equal(a.train.images.numpy(), other.train.images.numpy())
+
+
+def test_shapes_are_visible_on_their_background():
+    """Every shape differs from its background colour by at least MIN_CONTRAST in luminance (the class is visible)."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        background, shape = colours(rng)
+        assert abs(luminance(shape) - luminance(background)) >= MIN_CONTRAST
+    for k in range(20):  # filled circles: pixels inside the shape vs the (faintly textured) background
+        img = draw_shape(0, np.random.default_rng([0, 0, k]), 32).astype(float)
+        lum = np.tensordot((0.299, 0.587, 0.114), img, axes=1) / 255
+        assert np.ptp(lum) >= MIN_CONTRAST - TEXTURE / 255
 
 
 @pytest.fixture(scope="module")

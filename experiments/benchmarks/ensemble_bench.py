@@ -16,7 +16,6 @@ import os
 import resource
 import time
 
-import numpy as np
 import torch
 
 from satlab.ensemble.combine import Scorer
@@ -62,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = [f"m{i}" for i in range(args.models)]
-    timings, cpu = {}, {}
+    timings: dict[str, float] = {}
     start = time.perf_counter()
     log_probs, labels, sat = synthetic(args.models, args.samples, args.classes)
     timings["synthetic data (not counted)"] = time.perf_counter() - start

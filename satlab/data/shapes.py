@@ -1,11 +1,12 @@
 """Shapes: an embedded second dataset, drawn procedurally offline (no download), 10 classes of shapes.
 
-
 Each image is one shape (circle, ring, square, frame, triangle, diamond, hexagon, star, plus, crescent) at a
-random position, size and rotation, in a random colour over a random textured background (stripes, checks or
-blocky noise in another colour, drawn at the final resolution). Drawn at 4x the resolution with PIL and downsampled (antialiased) to 8-bit RGB.
-Image k of class c is drawn from its own generator seeded by (seed, c, k): the set never depends on order.
-The classification task (shape, regardless of colour, texture, pose) differs from digits' handwriting.
+random position, size and rotation, over a background of one random colour carrying a faint random texture
+(stripes, checks or blocky noise). The shape's colour is random too, but at least `MIN_CONTRAST` away from the
+background in luminance, so the class is always visible. Drawn at 4x the resolution with PIL and downsampled
+(antialiased) to 8-bit RGB. Image k of class c is drawn from its own generator seeded by (seed, c, k): the set
+never depends on order. The classification task (shape, regardless of colour, texture, pose) differs from
+digits' handwriting.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from satlab.utils import SatlabError
 
 CLASSES = ("circle", "ring", "square", "frame", "triangle", "diamond", "hexagon", "star", "plus", "crescent")
 SUPERSAMPLE = 4
+MIN_CONTRAST = 0.3  # luminance gap between shape and background colours
+TEXTURE = 24.0  # the background texture's amplitude, in 8-bit levels per channel
 
 
 def polygon(cx: float, cy: float, r: float, n: int, angle: float, inner: float | None = None) -> list[tuple]:
@@ -35,34 +38,48 @@ def polygon(cx: float, cy: float, r: float, n: int, angle: float, inner: float |
     return pts
 
 
-def texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A background [size, size, 3] uint8: stripes, checks or smooth noise mixing two random colours."""
-    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+def luminance(rgb: np.ndarray) -> float:
+    """Relative luminance in [0, 1] of an RGB triple in 0-255 (Rec. 601 weights)."""
+    return float(np.dot(rgb, (0.299, 0.587, 0.114)) / 255)
+
+
+def colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A background colour and a shape colour at least MIN_CONTRAST apart in luminance."""
+    background = rng.integers(0, 256, 3)
+    while True:
+        shape = rng.integers(0, 256, 3)
+        if abs(luminance(shape) - luminance(background)) >= MIN_CONTRAST:
+            return background, shape
+
+
+def texture(rng: np.random.Generator, size: int, base: np.ndarray) -> np.ndarray:
+    """A background [size, size, 3] uint8: `base` with faint stripes, checks or blocky noise (+-TEXTURE levels)."""
     yy, xx = np.meshgrid(np.arange(size) / size, np.arange(size) / size, indexing="ij")
     kind = rng.integers(3)
     freq = rng.uniform(2, 8)
     if kind == 0:
         theta = rng.uniform(0, math.pi)
-        mix = 0.5 + 0.5 * np.sin(2 * math.pi * freq * (xx * math.cos(theta) + yy * math.sin(theta)))
+        mix = np.sin(2 * math.pi * freq * (xx * math.cos(theta) + yy * math.sin(theta)))
     elif kind == 1:
-        mix = ((np.floor(xx * freq) + np.floor(yy * freq)) % 2).astype(float)
+        mix = ((np.floor(xx * freq) + np.floor(yy * freq)) % 2) * 2 - 1.0
     else:
-        coarse = rng.uniform(size=(6, 6))
+        coarse = rng.uniform(-1, 1, size=(6, 6))
         mix = coarse[(np.arange(size) * 6 // size)[:, None], (np.arange(size) * 6 // size)[None, :]]
-    mix = mix[..., None] * rng.uniform(0.2, 0.6)
-    return (a * (1 - mix) + b * mix).clip(0, 255).astype(np.uint8)
+    tint = rng.uniform(-1, 1, 3) * TEXTURE
+    return (base + mix[..., None] * tint).clip(0, 255).astype(np.uint8)
 
 
 def draw_shape(cls: int, rng: np.random.Generator, resolution: int) -> np.ndarray:
     """One image of class `cls` as uint8 [3, R, R]."""
     size = resolution * SUPERSAMPLE
-    img = Image.fromarray(texture(rng, resolution)).resize((size, size), Image.Resampling.NEAREST)
+    background_colour, shape_colour = colours(rng)
+    img = Image.fromarray(texture(rng, resolution, background_colour)).resize((size, size), Image.Resampling.NEAREST)
     background = img.copy()
     draw = ImageDraw.Draw(img)
-    r = rng.uniform(0.22, 0.36) * size
+    r = rng.uniform(0.28, 0.42) * size
     cx, cy = rng.uniform(r + 1, size - r - 1, 2)
     angle = rng.uniform(0, 2 * math.pi)
-    color = tuple(int(v) for v in rng.integers(0, 256, 3))
+    color = tuple(int(v) for v in shape_colour)
     box = (cx - r, cy - r, cx + r, cy + r)
     width = max(2, int(r * 0.3))
     name = CLASSES[cls]
@@ -118,7 +135,7 @@ def shape_images(per_class: int, resolution: int, seed: int) -> tuple[torch.Tens
 def shapes(
     name: str = "shapes",
     resolution: int = 32,
-    train_per_class: int = 200,
+    train_per_class: int = 300,
     test_per_class: int = 60,
     seed: int = 0,
     samples_per_class: int | None = None,

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from satlab.utils import SatlabError, atomic_path
+from satlab.utils import SatlabError, atomic_path, write_csv
 
 RECORD_KEYS = ("models", "sample_ids", "labels", "correct", "fooled")
 
@@ -74,10 +74,8 @@ def write_matrix(path: str | os.PathLike, names: Sequence[str], matrix: np.ndarr
     matrix = np.asarray(matrix, dtype=float)
     if matrix.shape != (len(names), len(names)):
         raise ValueError(f"matrix shape {matrix.shape} does not match {len(names)} names")
-    frame = pd.DataFrame(matrix, index=list(names), columns=list(names))
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, float_format="%.10g")
-    return Path(path)
+    return write_csv(path, pd.DataFrame(matrix, index=list(names), columns=list(names)), index=True,
+                     float_format="%.10g")
 
 
 def read_matrix(path: str | os.PathLike, symmetric_tol: float | None = None) -> tuple[list[str], np.ndarray]:

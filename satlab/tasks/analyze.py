@@ -25,7 +25,7 @@ from satlab.sat import metric
 from satlab.sat.records import load_records, read_matrix, write_matrix
 from satlab.tasks.common import command_line, output_dir, write_summary
 from satlab.tasks.tracking import start_tracking
-from satlab.utils import SatlabError, atomic_path, write_text
+from satlab.utils import SatlabError, write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +154,6 @@ def _check_options(acfg: DictConfig, n_models: int, n_pairs: int) -> None:
                           f"{', '.join(importance.MODELS)}")
 
 
-def _write_csv(path: Path, frame: pd.DataFrame, **kwargs) -> Path:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, **kwargs)
-    return path
-
-
 def _config_yaml(cfg: DictConfig) -> str:
     try:
         return OmegaConf.to_yaml(cfg, resolve=True)
@@ -257,9 +251,9 @@ def run(cfg: DictConfig) -> dict:
     tick = time.perf_counter()
     stats = report.matrix_summary(names, sat, top=int(acfg.top_pairs), floored=floored, ci=ci)
     files = {
-        "component_importance": _write_csv(out_dir / "component_importance.csv", imp.table, float_format="%.6g"),
-        "pair_features": _write_csv(out_dir / "pair_features.csv", pairs, float_format="%.10g"),
-        "clusters": _write_csv(out_dir / "clusters.csv", clusters),
+        "component_importance": write_csv(out_dir / "component_importance.csv", imp.table, float_format="%.6g"),
+        "pair_features": write_csv(out_dir / "pair_features.csv", pairs, float_format="%.10g"),
+        "clusters": write_csv(out_dir / "clusters.csv", clusters),
     }
     figures = {
         "Component importance": plots.plot_importance(imp.table, out_dir / "importance.png",

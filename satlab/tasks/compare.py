@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from satlab.analysis.compare import comparison_section, compare_matrices, plot_comparison
 from satlab.sat.records import read_matrix
 from satlab.tasks.common import output_dir, write_summary
-from satlab.utils import SatlabError, atomic_path, write_json, write_text
+from satlab.utils import SatlabError, write_csv, write_json, write_text
 
 
 def matrix_path(value: str | None, key: str) -> Path:
@@ -41,8 +41,7 @@ def run(cfg: DictConfig) -> dict:
     summary = {"a": str(path_a), "b": str(path_b), "label_a": label_a, "label_b": label_b, **result.summary()}
     pairs = pd.DataFrame({"model_a": [p[0] for p in result.pair_names], "model_b": [p[1] for p in result.pair_names],
                           f"sat_{label_a}": result.pairs_a, f"sat_{label_b}": result.pairs_b})
-    with atomic_path(out / "comparison_pairs.csv") as tmp:
-        pairs.to_csv(tmp, index=False)
+    write_csv(out / "comparison_pairs.csv", pairs)
     plot_comparison(result, out / "comparison_scatter.png", label_a, label_b)
     write_text(out / "comparison.md", comparison_section(result, label_a, label_b))
     write_json(out / "comparison.json", summary)

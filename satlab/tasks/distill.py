@@ -40,7 +40,7 @@ from satlab.train.distill import accuracy, check_distill, student_or_load
 from satlab.train.finetune import load_trained
 from satlab.train.distill_results import answer, answer_lines, plot_gain_vs_sat, rank_correlation, report_section, \
     results_table
-from satlab.utils import SatlabError, atomic_path, write_text
+from satlab.utils import SatlabError, write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,7 @@ def run(cfg: DictConfig) -> dict:
     table = results_table(teachers, sat, teacher_acc, accs, baseline)
     corr = rank_correlation(table["sat_to_student"], table["gain_mean"], int(params.n_boot), int(cfg.seed))
     ans = answer(table)
-    with atomic_path(out / "distill_results.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(out / "distill_results.csv", table)
     plot_gain_vs_sat(table, corr, out / "gain_vs_sat.png", student)
     ref_text = (f"the zoo's own {student} (trained with the zoo recipe)" if zoo_reference
                 else f"{student} trained without a teacher at seed {int(params.reference_seed)}")

@@ -35,7 +35,7 @@ from satlab.sat.engine import compute_records
 from satlab.sat.records import read_matrix, write_matrix
 from satlab.tasks.common import build, command_line, output_dir, write_summary
 from satlab.tasks.tracking import start_tracking
-from satlab.utils import SatlabError, atomic_path, write_text
+from satlab.utils import SatlabError, write_csv, write_text
 
 log = logging.getLogger(__name__)
 SEARCH = ("outputs/sat/*/sat_matrix.csv", "multirun/sat/*/*/sat_matrix.csv", "outputs/ensemble/*/sat_matrix.csv")
@@ -63,9 +63,9 @@ def _same_dataset(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) or {a.get(k), b.get(k)} <= {None, 0, 0.0} for k in set(a) | set(b))
 
 
-def find_sat_matrix(option: Any, cfg: DictConfig, names: list[str], out_dir: Path) -> Path | None:
-    """`ensemble.sat_matrix`, else the newest run of this model set, dataset config, attack and seed covering
-    every model."""
+def find_sat_matrix(option: Any, cfg: DictConfig, keys: dict[str, str], out_dir: Path) -> Path | None:
+    """`ensemble.sat_matrix`, else the newest run of this dataset config, attack and seed whose summary lists
+    every model with these weights (`keys`: name -> `PixelModel.fingerprint()`); names alone are not enough."""
     if option not in (None, ""):
         return Path(str(option)).expanduser()
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -80,7 +80,8 @@ def find_sat_matrix(option: Any, cfg: DictConfig, names: list[str], out_dir: Pat
             header = pd.read_csv(path, nrows=0, index_col=0).columns
         except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
             continue
-        if (config.get("model_set", {}).get("name") == cfg.model_set.name and set(names) <= set(header)
+        run_keys = json.loads(summary.read_text()).get("model_keys", {})
+        if (all(run_keys.get(name) == key for name, key in keys.items()) and set(keys) <= set(header)
                 and _same_dataset(config.get("dataset", {}), dataset) and config.get("seed") == cfg.seed
                 and config.get("attack") == attack):
             found.append(path)
@@ -110,12 +111,6 @@ def load_sat(path: Path, names: list[str], tol: float) -> np.ndarray:
     return symmetrize(sat)[np.ix_(idx, idx)]
 
 
-def _write_csv(path: Path, frame: pd.DataFrame) -> Path:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
-    return path
-
-
 def run(cfg: DictConfig) -> dict:
     """Score every pair and team of `cfg.model_set` on `cfg.dataset`; returns the summary."""
     ecfg = cfg.ensemble
@@ -131,14 +126,17 @@ def run(cfg: DictConfig) -> dict:
     if ecfg.get("team_sizes") is None:
         log.info("ensemble.team_sizes not given: teams of %s models", sizes)
     out = output_dir(cfg)
-    matrix_path = find_sat_matrix(ecfg.get("sat_matrix"), cfg, names, out)
-    sat = load_sat(matrix_path, names, float(ecfg.symmetric_tol)) if matrix_path else None
-    attack = build(cfg, "attack") if sat is None else None
+    if ecfg.get("sat_matrix") not in (None, ""):  # a given matrix is checked before any work
+        load_sat(Path(str(ecfg.sat_matrix)).expanduser(), names, float(ecfg.symmetric_tol))
     data = build(cfg, "dataset")
     if len(data.eval) == 0:
         raise SatlabError(f"dataset '{data.name}' has no evaluation images")
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     loaded = load_models(specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"), trainer_cfg)
+    keys = {m.spec.name: m.key for m in loaded}
+    matrix_path = find_sat_matrix(ecfg.get("sat_matrix"), cfg, keys, out)
+    sat = load_sat(matrix_path, names, float(ecfg.symmetric_tol)) if matrix_path else None
+    attack = build(cfg, "attack") if sat is None else None
     trainer_kwargs = engine_trainer_kwargs(trainer_cfg)  # what a predict pass takes (device, precision, bar)
     timings["load"] = time.perf_counter() - start
 
@@ -172,10 +170,8 @@ def run(cfg: DictConfig) -> dict:
 
     info = {"data": f"{data.name} {OmegaConf.to_container(cfg.dataset, resolve=True)}", "samples": len(preds.labels),
             "combine": rule, "sat_source": str(matrix_path)}
-    files = {"pairs": _write_csv(out / "ensemble_pairs.csv", table),
-             "teams": _write_csv(out / "ensemble_teams.csv", teams),
-             "stats": _write_csv(out / "ensemble_stats.csv", stats),
-             "models": _write_csv(out / "ensemble_models.csv", models)}
+    files = {name: write_csv(out / f"ensemble_{name}.csv", frame, float_format="%.6g")
+             for name, frame in (("pairs", table), ("teams", teams), ("stats", stats), ("models", models))}
     title = f"{cfg.model_set.name} on {data.name}, {rule}"
     figures = {"Gain vs SAT and kappa": plots.plot_gain_vs_sat(table, stats, out / "gain_vs_sat.png", title),
                "Teams by strategy": plots.plot_teams(teams, out / "teams.png", title)}
@@ -184,7 +180,7 @@ def run(cfg: DictConfig) -> dict:
     files["report"] = write_text(out / "report.md", text)
     lines = headline(stats, teams)
     extra = {
-        "models": names, "samples": len(preds.labels), "combine": rule, "sat_matrix": str(Path(matrix_path).resolve()),
+        "models": names, "model_keys": keys, "samples": len(preds.labels), "combine": rule, "sat_matrix": str(Path(matrix_path).resolve()),
         "sat_computed_here": "sat" in timings, "team_sizes": sizes, "strategies": strategies,
         "accuracy": dict(zip(names, np.round(scorer.accuracy, 4).tolist())),
         "forward_passes": {"computed": preds.computed, "reused": preds.reused, "data_key": preds.data_key},

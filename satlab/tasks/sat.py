@@ -16,6 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from satlab.analysis.plots import plot_sat_heatmap
+from satlab.analysis.structure import structure
 from satlab.models.loading import LoadedModel, load_models
 from satlab.models.specs import COMPONENTS, model_specs
 from satlab.sat import metric
@@ -26,7 +27,7 @@ from satlab.tasks.common import build, output_dir, write_summary
 from satlab.tasks.tracking import start_tracking
 from satlab.train import engine_trainer_kwargs
 from satlab.train.finetune import load_trained
-from satlab.utils import SatlabError, atomic_path, check_writable_dir
+from satlab.utils import SatlabError, write_csv, check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +121,16 @@ def run(cfg: DictConfig) -> dict:
     save_records(out / "records.npz", records)
     write_matrix(out / "sat_matrix.csv", names, sat)
     write_matrix(out / "transfer_rates.csv", names, rates)
-    with atomic_path(out / "models.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    with atomic_path(out / "sat_ci.csv") as tmp:
-        pairs.to_csv(tmp, index=False, float_format="%.10g")
+    write_csv(out / "models.csv", table)
+    write_csv(out / "sat_ci.csv", pairs, float_format="%.10g")
     plot_sat_heatmap(names, sat, out / "heatmap.png", title=f"SAT: {cfg.model_set.name} on {data.name}, {attack.name}",
                      floored=metric.floored(sat, float(params.eps_s)))
     n_pairs = metric.joint_correct(records.correct)
+    shape = structure(sat, names, [m.spec.family for m in loaded],
+                      [f"{m.spec.timm_name} {sorted(m.spec.model_args.items())}" for m in loaded])
     summary = {
         "models": names,
+        "model_keys": {m.spec.name: m.key for m in loaded},  # weights + preprocessing: what later tasks match on
         "samples": int(len(records.sample_ids)),
         "attack": attack.describe(),
         "attack_notes": list(attack.notes),
@@ -136,6 +138,8 @@ def run(cfg: DictConfig) -> dict:
         "whitebox_success": dict(zip(names, table["whitebox_success"].round(2).tolist())),
         "min_joint_correct": int(n_pairs.min()),
         "floored_pairs": floored,
+        "structure": {"same_family_auc": shape.same_family_auc, "same_family_pairs": shape.n_same,
+                      "cross_family_pairs": shape.n_cross, "twins_rank": [list(t) for t in shape.twins]},
         "bootstrap_ci": {"n_boot": n_boot, "seed": int(cfg.seed), "level": 0.95},
         "reused_sources": result.reused,
         "computed_sources": result.computed,
@@ -157,11 +161,12 @@ def run(cfg: DictConfig) -> dict:
     tracker.finish()
 
     if params.get("print_table", True):
-        print_results(out, names, sat, table, floored)
+        print_results(out, names, sat, table, floored, shape.line())
     return summary
 
 
-def print_results(out: Path, names: list[str], sat: np.ndarray, table: pd.DataFrame, floored: list) -> None:
+def print_results(out: Path, names: list[str], sat: np.ndarray, table: pd.DataFrame, floored: list,
+                  structure_line: str) -> None:
     """A short table on stdout: accuracy and white-box success per model, the matrix, where the files are."""
     pd.set_option("display.width", 200)
     print(table[["model", "family", "clean_accuracy", "whitebox_success"]].to_string(index=False, float_format="%.3f"))
@@ -175,4 +180,5 @@ def print_results(out: Path, names: list[str], sat: np.ndarray, table: pd.DataFr
         print(f"{len(floored)} floored pair(s) (0% transfer, SAT = ln eps_s): "
               + ", ".join(f"{a}/{b}" for a, b in floored[:10]) + (" ..." if len(floored) > 10 else "")
               + "; task=analyze keeps them from dominating (see its report)")
+    print(f"structure: {structure_line}")
     print(f"\nresults in {out}")

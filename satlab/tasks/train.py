@@ -25,7 +25,7 @@ from satlab.tasks.common import build, output_dir, write_summary
 from satlab.train import Recipe, train_or_load
 from satlab.train.finetune import MANIFEST, source_network, with_new_head, write_manifest
 from satlab.train.module import head_module
-from satlab.utils import SatlabError, atomic_path, state_dict_hash
+from satlab.utils import SatlabError, write_csv, state_dict_hash
 
 log = logging.getLogger(__name__)
 MODES = {"full": "all", "head": "head"}
@@ -85,8 +85,7 @@ def run(cfg: DictConfig) -> dict:
         print(f"{spec.name}: test accuracy {info['test_accuracy']:.3f}" + (" (cached)" if info["cached"] else ""))
     timings["train"] = time.perf_counter() - start
     write_manifest(out / MANIFEST, data, data_fingerprint(data.train), mode, trained)
-    with atomic_path(out / "train_results.csv") as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    write_csv(out / "train_results.csv", pd.DataFrame(rows))
     summary = {"mode": mode, "dataset": data.name, "models": trained}
     write_summary(out, cfg, timings, **summary)
     print(f"trained models in {out}; use them with: task=sat model_set.trained_from={out}")

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 VERSION = 2  # of the trained-weights cache key; bump when training changes in a way the key does not see
 ENGINE_KEYS = ("accelerator", "devices", "num_nodes", "precision", "enable_progress_bar")
-# Trainer options that do not change the weights (left out of cache keys)
+# Trainer options that do not change the weights (left out of cache keys; devices x num_nodes enters as `processes`)
 NOT_IN_KEY = ("accelerator", "devices", "num_nodes", "enable_progress_bar", "enable_model_summary", "logger",
               "enable_checkpointing", "default_root_dir", "log_every_n_steps", "max_epochs", "_target_")
 # Lightning's defaults: an option set to its default keys the same weights as the option left out
@@ -33,11 +33,30 @@ TRAINER_DEFAULTS: dict[str, Any] = {"precision": "32-true", "callbacks": {}, "gr
                                     "accumulate_grad_batches": 1}
 
 
+def processes(trainer_cfg: Mapping[str, Any] | None) -> Any:
+    """How many training processes `devices` x `num_nodes` asks for: 1, a number, or the option as written when
+    Lightning resolves it at run time ("auto", -1). Several processes (DDP) split each batch: other weights."""
+    cfg = _plain(trainer_cfg or {})
+    devices, nodes = cfg.get("devices", 1), cfg.get("num_nodes", 1) or 1
+    if isinstance(devices, (list, tuple)):
+        devices = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        devices = len([d for d in devices.split(",") if d.strip()])
+    elif isinstance(devices, str) and devices.strip().isdigit():
+        devices = int(devices)
+    if devices is None:
+        devices = 1
+    return devices * nodes if isinstance(devices, int) and isinstance(nodes, int) else f"{devices} x {nodes}"
+
+
 def key_options(trainer_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The Trainer options that change trained weights, without those at Lightning's defaults."""
+    """The Trainer options that change trained weights, without those at Lightning's defaults (and the number of
+    training processes when it is not 1)."""
     opts = {k: v for k, v in _plain(trainer_cfg or {}).items() if k not in NOT_IN_KEY}
     if str(opts.get("precision")) == "32":
         opts["precision"] = "32-true"
+    if processes(trainer_cfg) != 1:
+        opts["processes"] = processes(trainer_cfg)
     return {k: v for k, v in opts.items() if k not in TRAINER_DEFAULTS or TRAINER_DEFAULTS[k] != v}
 
 
