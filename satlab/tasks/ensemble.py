@@ -63,9 +63,10 @@ def _same_dataset(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) or {a.get(k), b.get(k)} <= {None, 0, 0.0} for k in set(a) | set(b))
 
 
-def find_sat_matrix(option: Any, cfg: DictConfig, keys: dict[str, str], out_dir: Path) -> Path | None:
+def find_sat_matrix(option: Any, cfg: DictConfig, keys: dict[str, str | None], out_dir: Path) -> Path | None:
     """`ensemble.sat_matrix`, else the newest run of this dataset config, attack and seed whose summary lists
-    every model with these weights (`keys`: name -> `PixelModel.fingerprint()`); names alone are not enough."""
+    every model with these weights (`keys`: name -> `PixelModel.fingerprint()`); names alone are not enough.
+    A key None matches any weights (the check before the models are loaded)."""
     if option not in (None, ""):
         return Path(str(option)).expanduser()
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -81,7 +82,8 @@ def find_sat_matrix(option: Any, cfg: DictConfig, keys: dict[str, str], out_dir:
         except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
             continue
         run_keys = json.loads(summary.read_text()).get("model_keys", {})
-        if (all(run_keys.get(name) == key for name, key in keys.items()) and set(keys) <= set(header)
+        if (all(name in run_keys and key in (None, run_keys[name]) for name, key in keys.items())
+                and set(keys) <= set(header)
                 and _same_dataset(config.get("dataset", {}), dataset) and config.get("seed") == cfg.seed
                 and config.get("attack") == attack):
             found.append(path)
@@ -128,6 +130,8 @@ def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     if ecfg.get("sat_matrix") not in (None, ""):  # a given matrix is checked before any work
         load_sat(Path(str(ecfg.sat_matrix)).expanduser(), names, float(ecfg.symmetric_tol))
+    elif not ecfg.compute_sat:  # and a missing one: no run of these names at all can match
+        find_sat_matrix(None, cfg, dict.fromkeys(names), out)
     data = build(cfg, "dataset")
     if len(data.eval) == 0:
         raise SatlabError(f"dataset '{data.name}' has no evaluation images")
