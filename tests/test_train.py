@@ -121,7 +121,8 @@ def test_zoo_trains_with_trainer_overrides_from_the_command_line(tmp_path, one_t
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[
             "logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "attack=fgsm",
-            "model_set.models=[resnet18_s0,resnet18_s1]", "dataset.samples_per_class=2", "trainer.max_epochs=1",
+            "model_set=digits_zoo_narrow", "model_set.models=[resnet18_s0,resnet18_s1]", "dataset.samples_per_class=2",
+            "trainer.max_epochs=1",
             "trainer.precision=bf16-mixed", "+trainer.callbacks.timer={_target_:pytorch_lightning.callbacks.Timer}",
             "+trainer.limit_train_batches=3",  # any Trainer option passes through (and keeps this test short)
             f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}"])
