@@ -2,7 +2,8 @@
 
 - same-family AUC: the probability that a same-family pair has a higher SAT than a cross-family pair (ties count
   half; the Mann-Whitney U statistic over unordered pairs, normalised). 0.5 = no structure, 1 = every same-family
-  pair above every cross-family pair. On the paper's released ImageNet matrix it is well above 0.5.
+  pair above every cross-family pair. On the paper's released ImageNet matrix (69 models, families = base
+  architecture, matrix symmetrised) it is 0.81.
 - twins' rank: where the pairs of one architecture trained twice (same architecture and arguments, other seed)
   sit among all pairs, 1 = the most similar pair of the map.
 """
