@@ -236,8 +236,8 @@ def main() -> None:
           f"{floor['evaluation_share']:.0%} of the engine's work here. From each model's attack and forward time "
           f"per image, measured separately (an estimate: this machine's timing noise is about 10 %), an engine with "
           f"no overhead at all would be {floor['ceiling']:.2f}x faster than the naive loop; the measured speed-up is "
-          f"{min(ratio_cpu, ratio_wall) / floor['ceiling']:.0%} of that (above 100 %: noise, and torchattacks' "
-          "attack in the naive loop costing more than satlab's).\n")
+          f"{min(ratio_cpu, ratio_wall) / floor['ceiling']:.0%} of that (the estimate times satlab's attack for "
+          "both sides, not torchattacks').\n")
     if args.speedup_only:
         return
     first = models[0]
