@@ -146,8 +146,6 @@ def test_components_match_released_model_features(specs):
 
 def test_released_matrix_shows_family_structure():
     """The README's fact: by base architecture, the released matrix's same-family AUC is 0.81 (845 vs 1,501 pairs)."""
-    import numpy as np
-
     from satlab.analysis.structure import family_auc
     from satlab.sat.records import read_matrix
 
