@@ -77,11 +77,11 @@ def find_sat_matrix(option: Any, cfg: DictConfig, keys: dict[str, str | None], o
         if path.parent.resolve() == out_dir.resolve() or not summary.is_file():
             continue
         try:
-            config = json.loads(summary.read_text()).get("config", {})
+            stored = json.loads(summary.read_text())
+            config, run_keys = stored.get("config", {}), stored.get("model_keys", {})
             header = pd.read_csv(path, nrows=0, index_col=0).columns
-        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
-            continue
-        run_keys = json.loads(summary.read_text()).get("model_keys", {})
+        except (OSError, ValueError, AttributeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            continue  # unreadable or not a summary: not a candidate
         if (all(name in run_keys and key in (None, run_keys[name]) for name, key in keys.items())
                 and set(keys) <= set(header)
                 and _same_dataset(config.get("dataset", {}), dataset) and config.get("seed") == cfg.seed

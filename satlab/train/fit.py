@@ -55,8 +55,9 @@ def key_options(trainer_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     opts = {k: v for k, v in _plain(trainer_cfg or {}).items() if k not in NOT_IN_KEY}
     if str(opts.get("precision")) == "32":
         opts["precision"] = "32-true"
-    if processes(trainer_cfg) != 1:
-        opts["processes"] = processes(trainer_cfg)
+    count = processes(trainer_cfg)
+    if count != 1:
+        opts["processes"] = count
     return {k: v for k, v in opts.items() if k not in TRAINER_DEFAULTS or TRAINER_DEFAULTS[k] != v}
 
 
