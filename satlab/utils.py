@@ -20,6 +20,15 @@ class SatlabError(Exception):
     """A problem with the user's input. The CLI prints its message as one line and exits with status 2."""
 
 
+def plain(obj: Any) -> Any:
+    """OmegaConf containers -> plain Python containers (resolved); anything else unchanged."""
+    if type(obj).__name__ in ("DictConfig", "ListConfig"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(obj, resolve=True)
+    return obj
+
+
 def stable_hash(obj: Any, length: int = 16) -> str:
     """Hex digest of a JSON-serialisable object, independent of dict order and of the Python process."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
@@ -42,13 +51,11 @@ def state_dict_hash(state: dict[str, Any], length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
-def file_hash(path: str | os.PathLike, length: int = 16) -> str:
-    """Hex digest of a file's bytes (read in chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
+def conf_dir() -> Path:
+    """satlab's configs: shipped inside the package (`satlab/conf`, an installed wheel), else the repo's `conf/`."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"
+    return packaged if (packaged / "config.yaml").is_file() else here.parent / "conf"
 
 
 def current_umask() -> int:

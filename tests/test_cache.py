@@ -19,7 +19,7 @@ from satlab.data.common import DatasetSplits, TensorImages
 from satlab.data.folders import imagefolder
 from satlab.models.factory import build_model
 from satlab.models.specs import ModelSpec
-from satlab.models.zoo import load_or_train
+from satlab.train.zoo import ZooSource
 from satlab.sat.engine import compute_records
 from satlab.utils import SatlabError, check_writable_dir
 
@@ -28,6 +28,11 @@ QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
 ATTACK = create_attack("pgd_linf", eps=8 / 255, steps=2)
 SPECS = [ModelSpec("resnet", "test_resnet", input_size=16),
          ModelSpec("vit", "test_vit", model_args={"dynamic_img_size": True}, input_size=16)]
+
+
+def zoo_load(spec, data, recipe, cache, trainer):
+    """A zoo model trained (or loaded from the cache) as a model set would."""
+    return ZooSource(spec, data, recipe, cache, trainer).load()
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +52,7 @@ def images(n=24, res=16, seed=0):
 
 def records(models, names, data, cache=None, attack=ATTACK, seed=0):
     return compute_records(models, names, [m.fingerprint() for m in models], data, attack, seed=seed,
-                           batch_size=64, cache_dir=cache, trainer_kwargs=QUIET)
+                           batch_size=64, cache_dir=cache, trainer_cfg=QUIET)
 
 
 def write_tree(root: Path, invert: bool = False) -> Path:
@@ -173,7 +178,7 @@ def splits(train):
 
 
 def zoo(cache, spec=ZOO_SPEC, train=None, recipe=RECIPE):
-    model, info = load_or_train(spec, splits(train if train is not None else images(16, seed=1)), recipe, cache,
+    model, info = zoo_load(spec, splits(train if train is not None else images(16, seed=1)), recipe, cache,
                                 QUIET)
     return model.fingerprint(), info["key"], info
 
@@ -191,7 +196,7 @@ def test_zoo_key_follows_training_data_name_and_recipe(tmp_path):
 
 def test_zoo_needs_a_training_split(tmp_path):
     with pytest.raises(SatlabError, match="empty train split"):
-        load_or_train(ZOO_SPEC, splits(None), RECIPE, tmp_path, QUIET)
+        zoo_load(ZOO_SPEC, splits(None), RECIPE, tmp_path, QUIET)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".json"])

@@ -42,7 +42,7 @@ while not go.exists():
     time.sleep(0.02)
 result = compute_records(models, names, [m.fingerprint() for m in models], data,
                          create_attack("pgd_linf", eps=8 / 255, steps=20), batch_size=64, cache_dir=cache,
-                         trainer_kwargs={"accelerator": "cpu", "enable_progress_bar": False})
+                         trainer_cfg={"accelerator": "cpu", "enable_progress_bar": False})
 digest = hashlib.sha256(result.records.fooled.tobytes() + result.records.correct.tobytes()).hexdigest()
 print(json.dumps({"reused": result.reused, "computed": result.computed, "digest": digest}))
 """

@@ -22,7 +22,7 @@ from satlab.data.digits import digits
 from satlab.models.factory import build_model
 from satlab.models.specs import ModelSpec
 from satlab.train import Recipe
-from satlab.train.distill import DistillModule, distill_loss, student_or_load
+from satlab.train.distill import DistillModule, distill_loss, student_training
 from satlab.train.distill_results import paired_gain, rank_correlation
 from satlab.utils import SatlabError, state_dict_hash
 
@@ -113,8 +113,8 @@ def test_teacher_frozen_in_eval_and_shares_seed_and_data_order(data, tmp_path, m
     recorders = []
     build_trainer = fit.build_trainer
 
-    def recording_trainer(cfg, epochs):
-        trainer = build_trainer(cfg, epochs)
+    def recording_trainer(cfg, **options):
+        trainer = build_trainer(cfg, **options)
         recorders.append(Recorder())
         trainer.callbacks.append(recorders[-1].callback)
         return trainer
@@ -125,8 +125,8 @@ def test_teacher_frozen_in_eval_and_shares_seed_and_data_order(data, tmp_path, m
     teacher = Teacher().eval()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     common = ("student", TINY, data, tmp_path, {**QUIET, "max_epochs": 2}, 7, {"arch": "test_resnet"})
-    _, base = student_or_load(build, *common)
-    _, dist = student_or_load(build, *common, teachers=[teacher], alpha=0.7, temperature=3.0)
+    _, base = student_training(build, *common).run()
+    _, dist = student_training(build, *common, teachers=[teacher], alpha=0.7, temperature=3.0).run()
     assert base["key"] != dist["key"]
     # the teacher ran on every training batch, in eval mode, and neither its weights nor BN statistics changed
     assert len(teacher.modes) >= len(recorders[1].batches) > 2
@@ -138,9 +138,9 @@ def test_teacher_frozen_in_eval_and_shares_seed_and_data_order(data, tmp_path, m
     assert recorders[0].start == recorders[1].start
     assert recorders[0].batches == recorders[1].batches
     # cached: the second call trains nothing
-    _, again = student_or_load(build, *common, teachers=[teacher], alpha=0.7, temperature=3.0)
+    _, again = student_training(build, *common, teachers=[teacher], alpha=0.7, temperature=3.0).run()
     assert again["cached"] and again["key"] == dist["key"] and len(recorders) == 2
-    _, other = student_or_load(build, *common, teachers=[teacher], alpha=0.7, temperature=2.0)
+    _, other = student_training(build, *common, teachers=[teacher], alpha=0.7, temperature=2.0).run()
     assert other["key"] != dist["key"]
 
 

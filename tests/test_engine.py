@@ -11,13 +11,18 @@ from omegaconf import OmegaConf
 from satlab.attacks import create_attack
 from satlab.data.digits import digits
 from satlab.models.specs import model_specs
-from satlab.models.zoo import load_or_train
+from satlab.train.zoo import ZooSource
 from satlab.sat import metric
 from satlab.sat.engine import compute_records
 from satlab.sat.reference import pairwise_records
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
+
+
+def zoo_load(spec, data, recipe, cache, trainer):
+    """A zoo model trained (or loaded from the cache) as a model set would."""
+    return ZooSource(spec, data, recipe, cache, trainer).load()
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +32,7 @@ def tiny_setup(tmp_path_factory):
     cache = tmp_path_factory.mktemp("zoo")
     specs = model_specs(OmegaConf.load(CONF / "model_set" / "timm_tiny.yaml"))
     models = [
-        load_or_train(replace(s, train_seed=i), data, {"epochs": 2, "optimizer": {"lr": 3e-3}}, cache, QUIET)[0]
+        zoo_load(replace(s, train_seed=i), data, {"epochs": 2, "optimizer": {"lr": 3e-3}}, cache, QUIET)[0]
         for i, s in enumerate(specs)
     ]
     return data, specs, models
@@ -38,7 +43,7 @@ def test_engine_equals_pairwise_reference(tiny_setup):
     names = [s.name for s in specs]
     attack = create_attack("pgd_linf", eps=16 / 255, steps=3)
     result = compute_records(models, names, [m.fingerprint() for m in models], data.eval, attack,
-                             batch_size=16, trainer_kwargs=QUIET)
+                             batch_size=16, trainer_cfg=QUIET)
     ref = pairwise_records(models, names, data.eval, attack, batch_size=16)
     rec = result.records
     assert (rec.correct == ref.correct).all()
@@ -65,7 +70,7 @@ def test_one_attack_per_source_only_on_correct_images(tiny_setup):
             return attack(model, x, y, seeds)
 
     rec = compute_records(models, names, [m.fingerprint() for m in models], data.eval, Counting(),
-                          batch_size=len(data.eval), trainer_kwargs=QUIET).records
+                          batch_size=len(data.eval), trainer_cfg=QUIET).records
     # one batch holds every sample: exactly one attack call per source, on the images it gets right
     assert [n for _, n in calls] == rec.correct.sum(axis=1).tolist()
     assert [m for m, _ in calls] == [id(m) for m in models]
@@ -76,14 +81,14 @@ def test_resume_reuses_cached_source_rows(tiny_setup, tmp_path):
     names = [s.name for s in specs]
     keys = [m.fingerprint() for m in models]
     attack = create_attack("pgd_linf", eps=16 / 255, steps=2)
-    first = compute_records(models, names, keys, data.eval, attack, cache_dir=tmp_path, trainer_kwargs=QUIET)
+    first = compute_records(models, names, keys, data.eval, attack, cache_dir=tmp_path, trainer_cfg=QUIET)
     assert first.reused == [] and first.computed == names and len(list((tmp_path / "records").glob("*.npz"))) == 4
-    again = compute_records(models, names, keys, data.eval, attack, cache_dir=tmp_path, trainer_kwargs=QUIET)
+    again = compute_records(models, names, keys, data.eval, attack, cache_dir=tmp_path, trainer_cfg=QUIET)
     assert again.reused == names and again.computed == []
     assert (again.records.fooled == first.records.fooled).all()
     # another attack budget is another key: nothing reused
     other = create_attack("pgd_linf", eps=8 / 255, steps=2)
-    third = compute_records(models, names, keys, data.eval, other, cache_dir=tmp_path, trainer_kwargs=QUIET)
+    third = compute_records(models, names, keys, data.eval, other, cache_dir=tmp_path, trainer_cfg=QUIET)
     assert third.reused == []
 
 
@@ -91,6 +96,6 @@ def test_engine_does_not_touch_model_weights(tiny_setup):
     data, specs, models = tiny_setup
     before = [p.detach().clone() for p in models[0].parameters()]
     compute_records(models[:2], [s.name for s in specs[:2]], ["a", "b"], data.eval,
-                    create_attack("pgd_linf", eps=8 / 255, steps=2), trainer_kwargs=QUIET)
+                    create_attack("pgd_linf", eps=8 / 255, steps=2), trainer_cfg=QUIET)
     assert all(torch.equal(a, b) for a, b in zip(before, models[0].parameters()))
     assert all(p.grad is None for p in models[0].parameters())

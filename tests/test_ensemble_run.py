@@ -18,6 +18,7 @@ from torch import nn
 from satlab.cli import run
 from satlab.data.common import TensorImages
 from satlab.ensemble.predict import predict_log_probs
+from satlab.models import ModelSet
 from satlab.models.wrapper import PixelModel
 from satlab.sat.records import write_matrix
 from satlab.utils import SatlabError
@@ -53,8 +54,7 @@ def tiny_data(seed: int = 0) -> TensorImages:
 def passes(models, data, cache):
     wrapped = [PixelModel(m, (0.5,) * 3, (0.5,) * 3, (4, 4)) for m in models]
     before = [m.calls for m in models]
-    result = predict_log_probs(wrapped, ["a", "b", "c"], [w.fingerprint() for w in wrapped], data, batch_size=64,
-                               cache_dir=cache, trainer_kwargs={"accelerator": "cpu", "enable_progress_bar": False})
+    result = predict_log_probs(ModelSet.from_models(["a", "b", "c"], wrapped), data, batch_size=64, cache_dir=cache, trainer_cfg={"accelerator": "cpu", "enable_progress_bar": False})
     return result, sum(m.calls for m in models) - sum(before)
 
 

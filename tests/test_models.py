@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.data import resolve_model_data_config
 
-from satlab.models.factory import build_model, check_arch, data_overrides, load_checkpoint
+from satlab.models.factory import build_model, check_arch, data_overrides, read_checkpoint
 from satlab.models.specs import COMPONENTS, ModelSpec, model_specs
 from satlab.models.wrapper import PixelModel
 from satlab.utils import SatlabError
@@ -224,11 +224,10 @@ def test_wrong_checkpoints_raise(tmp_path):
     with pytest.raises(SatlabError, match=r"model 'mine': checkpoint_path '.*missing\.pth' does not exist"):
         build_model(ModelSpec("mine", "test_resnet", checkpoint_path=str(tmp_path / "missing.pth")), 5, 32)
 
-    model = make("test_resnet", num_classes=5)
     for junk in ("junk.pth", "junk.safetensors"):
         (tmp_path / junk).write_bytes(b"not a checkpoint at all")
         with pytest.raises(SatlabError, match=rf"model 'mine': checkpoint '.*{junk}'"):
-            load_checkpoint(model, str(tmp_path / junk), "mine")
+            read_checkpoint(tmp_path / junk, "mine")
 
 
 # --- weights fingerprint -----------------------------------------------------------------------------------

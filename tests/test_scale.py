@@ -71,7 +71,7 @@ def run(zoo, k, cache=None, calls=None, sources=None, trainer=None, **kwargs):
     calls = [] if calls is None else calls
     wrapped = [Counted(m, f"m{i}", calls) for i, m in enumerate(models[:k])]
     return compute_records(wrapped, [f"m{i}" for i in range(k)], keys[:k], data, CountedAttack(calls), batch_size=64,
-                           cache_dir=cache, trainer_kwargs={**QUIET, **(trainer or {})}, sources=sources, **kwargs)
+                           cache_dir=cache, trainer_cfg={**QUIET, **(trainer or {})}, sources=sources, **kwargs)
 
 
 def cost(calls: list, steps: int) -> dict[str, tuple[int, int]]:
@@ -128,13 +128,13 @@ def test_shards_then_assemble_equal_one_process(zoo, tmp_path):
     _, keys, data = zoo
     names = [f"m{i}" for i in range(3)]
     with pytest.raises(SatlabError, match="no complete cached row for 3 source"):
-        assemble_records(names, keys[:3], data, ATTACK, tmp_path, trainer_kwargs=QUIET)
+        assemble_records(names, keys[:3], data, ATTACK, tmp_path, trainer_cfg=QUIET)
     shard = run(zoo, 3, tmp_path, sources=select_sources(names, "0/2"))
     assert shard.records is None and shard.computed == ["m0", "m2"]
     with pytest.raises(SatlabError, match=r"source\(s\): m1 "):
-        assemble_records(names, keys[:3], data, ATTACK, tmp_path, trainer_kwargs=QUIET)
+        assemble_records(names, keys[:3], data, ATTACK, tmp_path, trainer_cfg=QUIET)
     assert run(zoo, 3, tmp_path, sources=select_sources(names, "1/2")).computed == ["m1"]
-    assembled = assemble_records(names, keys[:3], data, ATTACK, tmp_path, trainer_kwargs=QUIET)  # takes no models
+    assembled = assemble_records(names, keys[:3], data, ATTACK, tmp_path, trainer_cfg=QUIET)  # takes no models
     assert assembled.reused == names and assembled.computed == []
     one = run(zoo, 3).records
     for key in ("correct", "fooled", "sample_ids", "labels"):

@@ -13,8 +13,9 @@ from satlab.data.common import balanced_subset
 from satlab.data.digits import digits
 from satlab.models.factory import build_model
 from satlab.models.specs import ModelSpec
-from satlab.models.zoo import load_or_train
-from satlab.train import ClassificationDataModule, Recipe, build_trainer, engine_trainer_kwargs, train_or_load
+from satlab.train import ClassificationDataModule, Recipe, Training, accuracy
+from satlab.train.zoo import ZooSource
+from satlab.trainer import build_trainer
 from satlab.utils import SatlabError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -26,6 +27,10 @@ TINY = {"epochs": 1, "batch_size": 16}
 def data():
     full = digits(samples_per_class=3)
     return replace(full, train=balanced_subset(full.train, 20))  # 200 training images keep each fit short
+
+
+def load_or_train(spec, data, recipe, cache, trainer):
+    return ZooSource(spec, data, recipe, cache, trainer).load()
 
 
 def ids_of(ds) -> set[int]:
@@ -60,8 +65,8 @@ def test_head_only_training_changes_only_the_head(data, tmp_path, one_thread):
     spec = ModelSpec(name="tiny", timm_name="test_resnet")
     before = build_model(spec, 10, 32, seed=0).model.state_dict()
     before = {k: v.clone() for k, v in before.items()}
-    net, info = train_or_load(lambda: build_model(spec, 10, 32, seed=0).train(), "tiny",
-                              Recipe.from_config(TINY), data, tmp_path, QUIET, trainable="head")
+    net, info = Training(lambda: build_model(spec, 10, 32, seed=0).train(), "tiny",
+                         Recipe.from_config(TINY), data, tmp_path, QUIET, trainable="head").run()
     after = net.model.state_dict()
     head = {f"{n}" for n, _ in net.model.get_classifier().named_parameters()}
     prefix = [n for n, m in net.model.named_modules() if m is net.model.get_classifier()][0]
@@ -78,15 +83,15 @@ def test_head_only_needs_a_known_head(data, tmp_path):
     from satlab.models.wrapper import PixelModel
 
     with pytest.raises(SatlabError, match="no known classifier head"):
-        train_or_load(lambda: PixelModel(NoHead(), (0.0,) * 3, (1.0,) * 3, (32, 32)), "nohead",
-                      Recipe.from_config(TINY), data, tmp_path, QUIET, trainable="head")
+        Training(lambda: PixelModel(NoHead(), (0.0,) * 3, (1.0,) * 3, (32, 32)), "nohead",
+                 Recipe.from_config(TINY), data, tmp_path, QUIET, trainable="head").run()
 
 
 def test_trainer_options_from_config(data, tmp_path, one_thread):
     spec = ModelSpec(name="tiny", timm_name="test_resnet", train_seed=0)
     cfg = {**QUIET, "max_epochs": 1, "precision": "bf16-mixed",
            "callbacks": {"timer": {"_target_": "pytorch_lightning.callbacks.Timer"}}}
-    trainer = build_trainer(cfg, epochs=1)
+    trainer = build_trainer(cfg, max_epochs=1)
     assert trainer.max_epochs == 1 and any(type(c).__name__ == "Timer" for c in trainer.callbacks)
     _, info = load_or_train(spec, data, {"epochs": 5, "batch_size": 16}, tmp_path, cfg)
     assert info["epochs"] == 1 and not info["cached"]
@@ -103,9 +108,8 @@ def test_trainer_options_from_config(data, tmp_path, one_thread):
         == {"processes": 2}
     assert key_options({"devices": 2, "num_nodes": 2}) == {"processes": 4}
     assert key_options({"devices": "auto"}) == {"processes": "auto x 1"}  # resolved by Lightning at run time
-    assert engine_trainer_kwargs(cfg) == {**QUIET, "precision": "bf16-mixed"}
     with pytest.raises(SatlabError, match="trainer"):
-        build_trainer({"no_such_option": 1}, epochs=1)
+        build_trainer({"no_such_option": 1}, max_epochs=1)
 
 
 def test_recipe_is_checked():
@@ -113,8 +117,10 @@ def test_recipe_is_checked():
         Recipe.from_config({"lr": 0.1})
     merged = Recipe.from_config({"optimizer": {"lr": 0.5}}).cfg["optimizer"]
     assert merged["lr"] == 0.5 and merged["_target_"] == "torch.optim.AdamW"
-    replaced = Recipe.from_config({"optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}})
-    assert "weight_decay" not in replaced.cfg["optimizer"]
+    # OmegaConf merges: another _target_ keeps the other arguments, as a command-line override would
+    replaced = Recipe.from_config({"optimizer": {"_target_": "torch.optim.SGD", "lr": 0.1}}).cfg["optimizer"]
+    assert replaced == {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1, "weight_decay": 0.05}
+    assert Recipe.from_config().cfg == Recipe.from_config({}, None).cfg  # the defaults: conf/recipe/default.yaml
 
 
 def test_zoo_trains_with_trainer_overrides_from_the_command_line(tmp_path, one_thread):
@@ -123,7 +129,7 @@ def test_zoo_trains_with_trainer_overrides_from_the_command_line(tmp_path, one_t
             "logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "attack=fgsm",
             "model_set=digits_zoo_narrow", "model_set.models=[resnet18_s0,resnet18_s1]", "dataset.samples_per_class=2",
             "trainer.max_epochs=1",
-            "trainer.precision=bf16-mixed", "+trainer.callbacks.timer={_target_:pytorch_lightning.callbacks.Timer}",
+            "trainer.precision=bf16-mixed", "+callbacks.timer={_target_:pytorch_lightning.callbacks.Timer}",
             "+trainer.limit_train_batches=3",  # any Trainer option passes through (and keeps this test short)
             f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}"])
     summary = run(cfg)
@@ -132,8 +138,6 @@ def test_zoo_trains_with_trainer_overrides_from_the_command_line(tmp_path, one_t
 
 
 def test_cached_accuracy_follows_the_evaluation_images(data, tmp_path, one_thread):
-    from satlab.train.distill import accuracy
-
     spec = ModelSpec(name="tiny", timm_name="test_resnet", train_seed=0)
     recipe = {"epochs": 1, "batch_size": 16}
     _, first = load_or_train(spec, data, recipe, tmp_path, QUIET)

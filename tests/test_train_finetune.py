@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
 
 from satlab.cli import run
 from satlab.data.shapes import CLASSES, MIN_CONTRAST, TEXTURE, colours, draw_shape, luminance, shapes
-from satlab.utils import SatlabError
+from satlab.utils import SatlabError, state_dict_hash
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +79,29 @@ def test_tiny_fine_tune_end_to_end(trained):
     head = run(config("task=train", "train.mode=head", *TINY_SHAPES, *TINY_TRAIN, f"paths.output_dir={tmp / 'head'}",
                       f"paths.cache_dir={cache}"))
     assert {m["key"] for m in head["models"].values()}.isdisjoint({m["key"] for m in again["models"].values()})
+
+
+def test_every_task_takes_the_fine_tuned_models(trained):
+    """model_set.trained_from reaches every task that takes models: each scores (or starts from) the weights the
+    task=train run fine-tuned, identified by the manifest's content keys."""
+    tmp, cache, _ = trained
+    manifest = json.loads((tmp / "train" / "trained_models.json").read_text())
+    fine_tuned = {name: entry["fingerprint"] for name, entry in manifest["models"].items()}
+    common = [*TINY_SHAPES, *MODELS, f"model_set.trained_from={tmp / 'train'}", f"paths.cache_dir={cache}"]
+    ens = run(config("task=ensemble", "attack=fgsm", "ensemble.team_sizes=[2]", "ensemble.random_teams=2",
+                     "ensemble.n_bootstrap=10", "ensemble.n_permutations=10", *common,
+                     f"paths.output_dir={tmp / 'ensemble'}"))
+    assert ens["model_keys"] == fine_tuned
+    for name, acc in ens["accuracy"].items():  # the prediction pass scored the fine-tuned weights
+        assert acc == pytest.approx(manifest["models"][name]["test_accuracy"], abs=1e-4), name
+    dist = run(config("task=distill", "attack=fgsm", "distill.student=test_resnet", "distill.teachers=[test_vit]",
+                      "distill.seeds=[0]", "distill.recipe.epochs=1", "distill.recipe.batch_size=4",
+                      "distill.n_boot=10", *common, f"paths.output_dir={tmp / 'distill'}"))
+    assert dist["model_keys"] == {"test_vit": fine_tuned["test_vit"]}
+    again = run(config("task=train", *TINY_SHAPES, *TINY_TRAIN, f"model_set.trained_from={tmp / 'train'}",
+                       f"paths.output_dir={tmp / 'train2'}", f"paths.cache_dir={cache}"))
+    for name, entry in again["models"].items():  # fine-tuned again, starting from the first run's weights
+        assert entry["source_weights"] == state_dict_hash(load_file(manifest["models"][name]["weights"])), name
 
 
 def test_flowers_fine_tune_on_a_generated_tree(tiny_flowers102, tmp_path, one_thread):

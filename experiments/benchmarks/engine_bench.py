@@ -39,9 +39,7 @@ for _name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lig
 
 def setup(model_set: str, samples_per_class: int, device: str, batch_size: int):
     """The models, eval data and attack, exactly as `satlab model_set=... dataset.samples_per_class=...` builds them."""
-    from satlab.models.loading import load_models
-    from satlab.models.specs import model_specs
-    from satlab.tasks.common import build
+    from satlab.tasks.common import build, open_models
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"model_set={model_set}", f"dataset.samples_per_class={samples_per_class}",
@@ -49,9 +47,9 @@ def setup(model_set: str, samples_per_class: int, device: str, batch_size: int):
                                            f"sat.batch_size={batch_size}"])
     data = build(cfg, "dataset")
     quiet = {"accelerator": "cpu" if device == "cpu" else "gpu", "enable_progress_bar": False}
-    loaded = load_models(model_specs(cfg.model_set), data, int(cfg.seed), cfg.paths.cache_dir,
-                         cfg.model_set.get("train"), quiet)
-    return cfg, data, loaded, build(cfg, "attack"), quiet
+    models = open_models(cfg, data)
+    loaded = models.load_all()
+    return cfg, data, (models, loaded), build(cfg, "attack"), quiet
 
 
 def timed(fn, repeats: int = 7) -> float:
@@ -161,8 +159,8 @@ def peak_memory(model_set: str, samples_per_class: int, device: str, batch_size:
     sampler.start()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    compute_records([m.model for m in loaded], [m.spec.name for m in loaded], [m.key for m in loaded], data.eval,
-                    attack, batch_size=int(cfg.sat.batch_size), trainer_kwargs=quiet)
+    compute_records(loaded[1], loaded[0].names, loaded[0].keys(), data.eval,
+                    attack, batch_size=int(cfg.sat.batch_size), trainer_cfg=quiet)
     done.set()
     sampler.join()
     out = {"samples": len(data.eval), "rss": max(peak[0], _rss_mib()) - before}
@@ -192,7 +190,7 @@ def main() -> None:
     from satlab.sat.reference import pairwise_records
 
     cfg, data, loaded, attack, quiet = setup(args.model_set, args.samples_per_class, args.device, args.batch_size)
-    models, names = [m.model.to(args.device) for m in loaded], [m.spec.name for m in loaded]
+    models, names = [m.to(args.device) for m in loaded[1]], loaded[0].names
     n, s = len(models), len(data.eval)
     print(f"# satlab engine benchmark: {args.model_set}, {n} models, {s} samples, {attack.name} "
           f"eps={attack.eps:.4f} steps={attack.steps}, device={args.device}, torch threads={torch.get_num_threads()}\n")
@@ -201,8 +199,8 @@ def main() -> None:
         return torchattacks.PGD(model, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, random_start=True)(x, y)
 
     def engine():
-        return compute_records(models, names, [m.key for m in loaded], data.eval, attack,
-                               batch_size=int(cfg.sat.batch_size), trainer_kwargs=quiet).records
+        return compute_records(models, names, loaded[0].keys(), data.eval, attack,
+                               batch_size=int(cfg.sat.batch_size), trainer_cfg=quiet).records
 
     load_before = os.getloadavg()
     wall: dict[str, list[float]] = {"engine": [], "naive": []}

@@ -2,7 +2,7 @@
 
 A LightningModule under `trainer.predict` (like the SAT engine) turns one model's logits into log-softmax
 outputs, stored as float16 `[S, C]` per model under `<cache_dir>/probs/<name>-<key>.npz`, where the key hashes the
-weights and preprocessing (`PixelModel.fingerprint`, i.e. `LoadedModel.key`) and the data's content
+weights and preprocessing (`PixelModel.fingerprint`, i.e. `ModelSet.key`) and the data's content
 (`data_fingerprint`). Every pair and team is then computed from these arrays: N forward passes in all, none on a
 rerun. Log-probabilities (not probabilities) are stored so that the mean-of-logits rule stays exact: a model's
 log-softmax differs from its logits by a per-sample constant, and small probabilities do not underflow float16.
@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from satlab.data import data_fingerprint, labels_and_ids
 from satlab.sat.engine import EngineProgress, Positioned
-from satlab.utils import SatlabError, atomic_path, move_aside, stable_hash
+from satlab.trainer import build_trainer
+from satlab.utils import SatlabError, atomic_path, move_aside, plain, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -68,32 +69,31 @@ def cache_path(cache_dir: str | Path, name: str, model_key: str, data_key: str, 
 
 
 def predict_log_probs(
-    models: Sequence[nn.Module],
-    names: Sequence[str],
-    model_keys: Sequence[str],
+    models: Any,
     data: Dataset,
     batch_size: int = 256,
     num_workers: int = 0,
     cache_dir: str | Path | None = None,
-    trainer_kwargs: dict[str, Any] | None = None,
+    trainer_cfg: Mapping[str, Any] | None = None,
 ) -> Predictions:
-    """Log-probabilities of every model on `data` (items: image, label, sample_id); one pass per uncached model."""
+    """Log-probabilities of every model of `models` (a `satlab.models.ModelSet`) on `data` (items: image, label,
+    sample_id): one pass per uncached model, with only that model built."""
+    names = models.names
     labels, ids = labels_and_ids(data)
     data_key = data_fingerprint(data)
     rows: list[torch.Tensor | None] = []
-    precision = str(dict(trainer_kwargs or {}).get("precision") or "32-true")
-    paths = [cache_path(cache_dir, n, k, data_key, precision) if cache_dir else None
-             for n, k in zip(names, model_keys)]
+    settings = dict(plain(trainer_cfg) or {})
+    precision = str(settings.get("precision") or "32-true")
+    paths = ([cache_path(cache_dir, n, models.key(i), data_key, precision) for i, n in enumerate(names)]
+             if cache_dir else [None] * len(names))
     for path in paths:
         rows.append(_load(path, ids))
     result = Predictions(list(names), torch.empty(0), labels, ids, data_key)
     result.reused = [n for n, row in zip(names, rows) if row is not None]
     todo = [i for i, row in enumerate(rows) if row is None]
     if todo:
-        trainer_kwargs = dict(trainer_kwargs or {})
-        progress = EngineProgress() if trainer_kwargs.get("enable_progress_bar", True) else None
-        trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,
-                             callbacks=[progress] if progress else None, **trainer_kwargs)
+        progress = EngineProgress() if settings.get("enable_progress_bar", True) else None
+        trainer = build_trainer(settings, logger=False, callbacks=[progress] if progress else [])
         if trainer.world_size > 1:
             raise SatlabError("the prediction pass gathers outputs in one process: set trainer.devices=1")
         loader = DataLoader(Positioned(data), batch_size=batch_size, num_workers=num_workers, shuffle=False)
@@ -101,7 +101,8 @@ def predict_log_probs(
             if progress:
                 progress.label = f"predict {count + 1}/{len(todo)}: {names[i]}"
             start = time.perf_counter()
-            rows[i] = _gather(trainer.predict(ProbabilityPass(models[i]), loader), len(ids))
+            with models.use(i) as model:
+                rows[i] = _gather(trainer.predict(ProbabilityPass(model), loader), len(ids))
             result.timings[f"predict:{names[i]}"] = time.perf_counter() - start
             result.computed.append(names[i])
             if paths[i] is not None:

@@ -1,14 +1,22 @@
-"""Build pixel-space models from specs: timm by name (pretrained or random init) or a local checkpoint.
+"""Build a pixel-space model from a spec: the one place a timm network becomes a `PixelModel`.
 
-Models of a zoo that satlab trains itself (specs with `train_seed`) are built by `satlab.models.zoo`, which
-calls `create_timm` from here. Every failure a user can cause becomes one SatlabError that says what to fix.
+`build_model(spec, num_classes, resolution, seed)` creates timm's architecture (random init seeded by the run's
+seed and the model's name), loads its weights (timm's pretrained weights, or `spec.checkpoint_path` through the
+one checkpoint reader `read_checkpoint`), and wraps it with the preprocessing timm resolves for it. Every
+failure a user can cause becomes one SatlabError that says what to fix.
+
+    >>> from satlab.models.factory import build_model
+    >>> from satlab.models.specs import ModelSpec
+    >>> model = build_model(ModelSpec("r", "test_resnet", input_size="dataset"), num_classes=10, resolution=32)
+    >>> model(torch.rand(2, 3, 32, 32)).shape          # pixels in [0,1] -> logits
+    torch.Size([2, 10])
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import replace
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +57,18 @@ def _class_mismatch(spec: ModelSpec, classes: int, num_classes: int) -> SatlabEr
     )
 
 
-def create_timm(spec: ModelSpec, num_classes: int | None, seed: int, **extra: Any) -> nn.Module:
-    """`timm.create_model` for a spec. Random init is seeded by (seed, model name) so it is reproducible."""
+def init_seed(seed: int, name: str) -> int:
+    """The torch seed of a model's random init: a function of the run's seed and the model's name only."""
+    return zlib.crc32(f"{seed}:{name}".encode())
+
+
+def create_timm(spec: ModelSpec, num_classes: int | None, seed: int) -> nn.Module:
+    """`timm.create_model` for a spec (pretrained when the spec says so); random init seeded by `init_seed`."""
     check_arch(spec.timm_name)
-    kwargs = {**dict(spec.model_args), **extra}
+    kwargs = dict(spec.model_args)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    torch.manual_seed(zlib.crc32(f"{seed}:{spec.name}".encode()))
+    torch.manual_seed(init_seed(seed, spec.name))
     try:
         return timm.create_model(spec.timm_name, pretrained=spec.pretrained, **kwargs)
     except (TypeError, ValueError, AssertionError) as err:
@@ -70,24 +83,40 @@ def create_timm(spec: ModelSpec, num_classes: int | None, seed: int, **extra: An
         ) from None
 
 
-def load_checkpoint(model: nn.Module, path: str, name: str) -> None:
-    """Load a local checkpoint (.pth/.pt/.safetensors, plain or {'state_dict': ...}) into `model`."""
+def read_checkpoint(path: str | Path, name: str) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint file: .pth / .pt / .safetensors, plain or {'state_dict' | 'model': ...}
+    (timm's reader, which also strips a DDP `module.` prefix); a missing or unreadable file -> SatlabError."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise SatlabError(f"model '{name}': checkpoint_path '{file}' does not exist")
     try:
-        timm.models.load_checkpoint(model, str(file), strict=True)
+        return timm.models.load_state_dict(str(file), use_ema=False)
+    except Exception as err:  # noqa: BLE001 - safetensors/pickle/zip errors are not one type
+        raise SatlabError(
+            f"model '{name}': checkpoint '{file}' could not be read ({type(err).__name__}: {str(err).strip()[:200]})"
+        ) from None
+
+
+def head_classes(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """The class count of the classifier in `state`, for timm `model`'s classifier name; None if unknown."""
+    head = getattr(model, "pretrained_cfg", {}).get("classifier")
+    head = head[0] if isinstance(head, (list, tuple)) else head
+    weight = state.get(f"{head}.weight") if head else None
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], spec: ModelSpec) -> None:
+    """`model.load_state_dict(state, strict=True)`, a mismatch as one SatlabError."""
+    try:
+        model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
         detail = next((ln for ln in lines if "size mismatch" in ln), lines[0] if lines else "")
         classes = getattr(model, "num_classes", "?")
         raise SatlabError(
-            f"model '{name}': checkpoint '{file}' does not fit the model built for the dataset's {classes} classes "
-            f"({detail[:200]}); a class-count mismatch means the checkpoint was trained on another dataset"
-        ) from None
-    except Exception as err:  # noqa: BLE001 - an unreadable file: safetensors/pickle/zip errors are not RuntimeError
-        raise SatlabError(
-            f"model '{name}': checkpoint '{file}' could not be read ({type(err).__name__}: {str(err).strip()[:200]})"
+            f"model '{spec.name}': checkpoint '{spec.checkpoint_path}' does not fit the model built for "
+            f"{classes} classes ({detail[:200]}); a class-count mismatch means the checkpoint was trained on "
+            "another dataset"
         ) from None
 
 
@@ -97,6 +126,11 @@ def data_overrides(spec: ModelSpec, resolution: int) -> dict[str, Any]:
         return {}
     size = resolution if spec.input_size == "dataset" else int(spec.input_size)
     return {"input_size": (3, size, size)}
+
+
+def wrap(net: nn.Module, spec: ModelSpec, resolution: int) -> PixelModel:
+    """`net` taking [0,1] pixels, with the preprocessing timm resolves for it and the spec's input size."""
+    return PixelModel.from_timm(net, data_overrides(spec, resolution))
 
 
 def check_input_size(model: PixelModel, name: str, resolution: int) -> None:
@@ -117,18 +151,27 @@ def check_input_size(model: PixelModel, name: str, resolution: int) -> None:
         model.train(was_training)
 
 
-def build_model(spec: ModelSpec, num_classes: int, resolution: int, seed: int = 0) -> PixelModel:
-    """A pretrained / checkpoint / randomly initialised timm model, wrapped to take [0,1] pixels, in eval mode.
+def build_model(spec: ModelSpec, num_classes: int | None, resolution: int, seed: int = 0) -> PixelModel:
+    """A timm model for `spec`, wrapped to take [0,1] pixels, checked on the resolution, in eval mode.
 
-    Pretrained models keep their own head; a class count different from the dataset's is an error.
+    Args:
+        spec: the model (timm name, arguments, pretrained or `checkpoint_path`, input size).
+        num_classes: the dataset's class count; pretrained weights keep their own head and must match it.
+            None keeps the weights' own head (a checkpoint's class count, timm's pretrained or default head).
+        resolution: the side of the dataset's square images (`input_size: dataset` takes it).
+        seed: the run's seed; random init is seeded by (seed, spec.name), so it does not depend on call order.
     """
     if spec.checkpoint_path:
+        state = read_checkpoint(spec.checkpoint_path, spec.name)
         model = create_timm(replace(spec, pretrained=False), num_classes, seed)
-        load_checkpoint(model, spec.checkpoint_path, spec.name)
+        classes = head_classes(model, state) if num_classes is None else None
+        if classes is not None and classes != getattr(model, "num_classes", classes):
+            model = create_timm(replace(spec, pretrained=False), classes, seed)
+        load_weights(model, state, spec)
     else:
         model = create_timm(spec, None if spec.pretrained else num_classes, seed)
-    if getattr(model, "num_classes", num_classes) != num_classes:
+    if num_classes is not None and getattr(model, "num_classes", num_classes) != num_classes:
         raise _class_mismatch(spec, model.num_classes, num_classes)
-    wrapped = PixelModel.from_timm(model, data_overrides(spec, resolution)).eval()
+    wrapped = wrap(model, spec, resolution).eval()
     check_input_size(wrapped, spec.name, resolution)
     return wrapped

@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from satlab.utils import SatlabError
+from satlab.utils import SatlabError, plain
 
 # The paper's 13 architecture components, in the column order of its released table.
 COMPONENTS: tuple[str, ...] = (
@@ -45,19 +45,10 @@ class ModelSpec:
     checkpoint_path: str | None = None
     model_args: Mapping[str, Any] = field(default_factory=dict)
     components: Mapping[str, str] = field(default_factory=dict)
-    train_seed: int | None = None  # set for models of a zoo trained by satlab
+    train_seed: int | None = None  # set for models of a zoo trained by satlab (input_size then defaults to "dataset")
     train: Mapping[str, Any] = field(default_factory=dict)  # per-model overrides of the zoo's training config
     input_size: int | str | None = None  # None: timm's data config; "dataset": the dataset's resolution; or N
     note: str = ""
-
-
-def _plain(obj: Any) -> Any:
-    """OmegaConf containers -> plain Python (without importing omegaconf here)."""
-    if hasattr(obj, "items"):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "ListConfig":
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def model_specs(model_set: Mapping[str, Any]) -> list[ModelSpec]:
@@ -65,7 +56,7 @@ def model_specs(model_set: Mapping[str, Any]) -> list[ModelSpec]:
 
     Raises SatlabError for an empty or one-model set, duplicate names, or an unknown component key.
     """
-    model_set = _plain(model_set)
+    model_set = plain(model_set)
     names = model_set.get("models") or []
     if isinstance(names, str):
         names = [names]
@@ -107,7 +98,7 @@ def check_catalogued(model_set: Mapping[str, Any], names: list[str]) -> None:
 
 def resolve_spec(model_set: Mapping[str, Any], name: str) -> ModelSpec:
     """The spec of one model name: its catalog entry with the model set's defaults, or a plain timm name."""
-    model_set = _plain(model_set)
+    model_set = plain(model_set)
     catalog = model_set.get("catalog") or {}
     entry = dict(catalog.get(name) or {})
     default_pretrained = model_set.get("pretrained", False)
@@ -119,6 +110,10 @@ def resolve_spec(model_set: Mapping[str, Any], name: str) -> ModelSpec:
     if unknown:
         raise SatlabError(f"model '{name}': unknown component(s) {sorted(unknown)}; known: {list(COMPONENTS)}")
     family = entry.pop("family", None) or components.get("base_architecture", "unknown")
+    train_seed = entry.pop("train_seed", None)
+    input_size = entry.pop("input_size", model_set.get("input_size"))
+    if input_size is None and train_seed is not None:
+        input_size = "dataset"  # a zoo model is trained at the dataset's resolution
     spec = ModelSpec(
         name=str(name),
         timm_name=str(entry.pop("timm_name", name)),
@@ -127,9 +122,9 @@ def resolve_spec(model_set: Mapping[str, Any], name: str) -> ModelSpec:
         checkpoint_path=entry.pop("checkpoint_path", None),
         model_args=dict(entry.pop("model_args", None) or {}),
         components=components,
-        train_seed=entry.pop("train_seed", None),
+        train_seed=train_seed,
         train=dict(entry.pop("train", None) or {}),
-        input_size=entry.pop("input_size", model_set.get("input_size")),
+        input_size=input_size,
         note=str(entry.pop("note", "")),
     )
     if entry:

@@ -23,7 +23,7 @@ import zlib
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -36,7 +36,8 @@ from satlab.attacks import Attack
 from satlab.data import data_fingerprint, labels_and_ids
 from satlab.sat.cache import Row, adv_path, from_levels, read_adversarial, read_row, row_path, save_row, to_levels
 from satlab.sat.records import Records
-from satlab.utils import SatlabError, atomic_path, file_lock
+from satlab.trainer import build_trainer
+from satlab.utils import SatlabError, atomic_path, file_lock, plain
 
 log = logging.getLogger(__name__)
 
@@ -166,26 +167,22 @@ class EngineResult:
     reused: list[str] = field(default_factory=list)  # sources whose rows came from the cache
     computed: list[str] = field(default_factory=list)  # sources attacked by this run
     completed: list[str] = field(default_factory=list)  # cached rows completed from stored adversarial images
+    context: dict[str, Any] = field(default_factory=dict)  # what besides the models determined them (row_context)
 
 
-def make_trainer(trainer_kwargs: dict[str, Any] | None) -> tuple[pl.Trainer, EngineProgress | None]:
-    """The Lightning Trainer the engine runs under (one process; see `compute_records`)."""
-    trainer_kwargs = dict(trainer_kwargs or {})
-    progress = EngineProgress() if trainer_kwargs.get("enable_progress_bar", True) else None
-    trainer = pl.Trainer(
-        inference_mode=False,  # attacks need gradients with respect to the input
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        callbacks=[progress] if progress else None,
-        **trainer_kwargs,
-    )
-    if trainer.world_size > 1 and trainer_kwargs.get("strategy", "auto") in ("auto", "ddp"):
+def make_trainer(trainer_cfg: Mapping[str, Any] | None) -> tuple[pl.Trainer, EngineProgress | None]:
+    """The Lightning Trainer the engine runs under: conf/trainer's (`satlab.trainer.build_trainer`) with gradients
+    enabled for the attacks, no user callbacks, and the engine's progress bar. Several devices: forked DDP ranks."""
+    settings = dict(plain(trainer_cfg) or {})
+    progress = EngineProgress() if settings.get("enable_progress_bar", True) else None
+    engine = {"inference_mode": False, "logger": False, "callbacks": [progress] if progress else []}
+    trainer = build_trainer(settings, **engine)
+    if trainer.world_size > 1 and settings.get("strategy", "auto") in ("auto", "ddp"):
         # ranks are forked from this process (no re-launch of the script), each seeing every image
-        trainer_kwargs |= {"strategy": "ddp_fork", "use_distributed_sampler": False}
-        return make_trainer(trainer_kwargs)
-    if trainer.world_size > 1 and trainer_kwargs.get("strategy") != "ddp_fork":
-        raise SatlabError(f"trainer.strategy={trainer_kwargs.get('strategy')}: the SAT engine splits its sources "
+        settings |= {"strategy": "ddp_fork", "use_distributed_sampler": False}
+        trainer = build_trainer(settings, **engine)
+    if trainer.world_size > 1 and settings.get("strategy") != "ddp_fork":
+        raise SatlabError(f"trainer.strategy={settings.get('strategy')}: the SAT engine splits its sources "
                           "across devices with strategy ddp (forked ranks); drop trainer.strategy")
     return trainer, progress
 
@@ -195,6 +192,13 @@ def row_context(attack: Attack, data: Dataset, seed: int, trainer: pl.Trainer, a
     context = {"attack": attack.describe(), "data": data_fingerprint(data), "seed": seed,
                "precision": str(trainer.precision)}
     return context | ({"autocast": "bf16"} if amp else {})
+
+
+def records_context(attack: Attack, data: Dataset, seed: int, trainer_cfg: Mapping[str, Any] | None = None,
+                    amp: bool | None = None) -> dict[str, Any]:
+    """The `row_context` a run with these settings records (what a later task matches an earlier map on)."""
+    trainer, _ = make_trainer({**(plain(trainer_cfg) or {}), "enable_progress_bar": False})
+    return row_context(attack, data, seed, trainer, use_amp(amp, trainer))
 
 
 def use_amp(amp: bool | None, trainer: pl.Trainer) -> bool:
@@ -212,7 +216,7 @@ def compute_records(
     batch_size: int = 128,
     num_workers: int = 0,
     cache_dir: str | Path | None = None,
-    trainer_kwargs: dict[str, Any] | None = None,
+    trainer_cfg: Mapping[str, Any] | None = None,
     sources: Sequence[str] | None = None,
     store_adversarial: bool = False,
     amp: bool | None = None,
@@ -228,7 +232,7 @@ def compute_records(
     names = list(names)
     labels, ids = labels_and_ids(data)
     n, s = len(models), len(ids)
-    trainer, progress = make_trainer(trainer_kwargs)
+    trainer, progress = make_trainer(trainer_cfg)
     amp = use_amp(amp, trainer)
     engine = SATEngine(models, names, attack, seed, s, amp)
     loader = DataLoader(Positioned(data), batch_size=batch_size, num_workers=num_workers, shuffle=False)
@@ -239,11 +243,11 @@ def compute_records(
     if cache_dir is None and store_adversarial:
         raise SatlabError("sat.store_adversarial=true keeps the images in the cache: set sat.resume=true")
     keys = list(model_keys)
-    context = row_context(attack, data, seed, trainer, amp) if cache_dir is not None else {}
+    context = row_context(attack, data, seed, trainer, amp)
     paths = {src: row_path(cache_dir, names[src], keys[src], context) for src in todo} if cache_dir else {}
     shape = (s, *tuple(data[0][0].shape)) if s else (0,)
     fooled = np.zeros((n, n, s), dtype=bool)
-    result = EngineResult(None)
+    result = EngineResult(None, context=context)
     start = time.perf_counter()
 
     def run_pass(plan: dict[int, Work]) -> None:
@@ -359,7 +363,7 @@ def assemble_records(
     attack: Attack,
     cache_dir: str | Path,
     seed: int = 0,
-    trainer_kwargs: dict[str, Any] | None = None,
+    trainer_cfg: Mapping[str, Any] | None = None,
     amp: bool | None = None,
 ) -> EngineResult:
     """The records of a map from its cached rows only (written by shard runs); no model is run.
@@ -369,7 +373,7 @@ def assemble_records(
     """
     names, keys = list(names), list(model_keys)
     labels, ids = labels_and_ids(data)
-    trainer, _ = make_trainer({**(trainer_kwargs or {}), "enable_progress_bar": False})
+    trainer, _ = make_trainer({**(plain(trainer_cfg) or {}), "enable_progress_bar": False})
     context = row_context(attack, data, seed, trainer, use_amp(amp, trainer))
     paths = [row_path(cache_dir, m, k, context) for m, k in zip(names, keys)]
     rows = [read_row(p) for p in paths]
@@ -384,4 +388,4 @@ def assemble_records(
         raise SatlabError(f"cannot assemble the map: the cached rows of {', '.join(bad)} were computed with other "
                           f"clean predictions than the row of {names[0]}; recompute them (delete their rows)")
     fooled = np.stack([r.columns(keys) for r in rows])  # type: ignore[union-attr]
-    return EngineResult(Records(names, ids, labels, correct.correct, fooled), reused=names)
+    return EngineResult(Records(names, ids, labels, correct.correct, fooled), reused=names, context=context)

@@ -1,4 +1,5 @@
-"""Pieces every task shares: where outputs go, and `summary.json` (config, config hash, timings, versions)."""
+"""Pieces every task shares: where outputs go, building config nodes, the Trainer settings and the model set
+(the one way a task gets its models), the evaluation data, and `summary.json` (config, hash, timings, versions)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,32 @@ def build(cfg: DictConfig, group: str) -> Any:
         raise SatlabError(f"{group}: {str(err.__cause__ or err).splitlines()[0]}") from None
     except MissingMandatoryValue as err:
         raise SatlabError(f"{group}: {err}".splitlines()[0]) from None
+
+
+def trainer_config(cfg: DictConfig) -> dict[str, Any]:
+    """conf/trainer + conf/callbacks as the one mapping `satlab.trainer.build_trainer` takes."""
+    from satlab.trainer import trainer_settings
+
+    return trainer_settings(cfg.trainer, cfg.get("callbacks"))
+
+
+def eval_data(cfg: DictConfig, attack: Any = None) -> Any:
+    """The dataset (`cfg.dataset`), refused when it has no evaluation images or (with `attack`) when the attack's
+    budget does not fit its resolution."""
+    data = build(cfg, "dataset")
+    if len(data.eval) == 0:
+        raise SatlabError(f"dataset '{data.name}' has no evaluation images")
+    if attack is not None:
+        attack.check_resolution(data.resolution)
+    return data
+
+
+def open_models(cfg: DictConfig, data: Any, names: list[str] | None = None, own_heads: bool = False) -> Any:
+    """The task's model set (`satlab.train.open_model_set`): `cfg.model_set` for `data`, checked, none built."""
+    from satlab.train import open_model_set
+
+    return open_model_set(cfg.model_set, data, int(cfg.seed), cfg.paths.cache_dir, trainer_config(cfg), names=names,
+                          own_heads=own_heads)
 
 
 def versions() -> dict[str, str]:

@@ -20,24 +20,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from satlab.models.factory import check_arch, check_classes, create_timm, data_overrides
-from satlab.models.loading import load_models
+from satlab.models.factory import build_model, check_arch
 from satlab.models.specs import ModelSpec, model_specs, resolve_spec
 from satlab.models.wrapper import PixelModel
-from satlab.models.zoo import zoo_recipe
 from satlab.sat import metric
 from satlab.sat.engine import compute_records
 from satlab.sat.records import read_matrix, write_matrix
-from satlab.tasks.common import build, output_dir, write_summary
+from satlab.tasks.common import build, eval_data, open_models, output_dir, trainer_config, write_summary
 from satlab.tasks.tracking import start_tracking
-from satlab.train import Recipe, engine_trainer_kwargs
-from satlab.train.distill import accuracy, check_distill, student_or_load
-from satlab.train.finetune import load_trained
+from satlab.train import Recipe, accuracy
+from satlab.train.distill import student_training
 from satlab.train.distill_results import answer, answer_lines, plot_gain_vs_sat, rank_correlation, report_section, \
     results_table
 from satlab.utils import SatlabError, write_csv, write_text
@@ -60,118 +59,104 @@ def _teacher_names(cfg: DictConfig, student: str) -> list[str]:
     return names
 
 
-def _student_builder(spec: ModelSpec, seed: int, num_classes: int, resolution: int):
+def _student_builder(spec: ModelSpec, seed: int, num_classes: int, resolution: int) -> Callable[[], PixelModel]:
     """Random init of the student architecture at `seed` (seeded by seed and the student's name)."""
-    size = spec.input_size or ("dataset" if spec.train_seed is not None else None)
-    return lambda: PixelModel.from_timm(create_timm(replace(spec, pretrained=False), num_classes, seed),
-                                        data_overrides(replace(spec, input_size=size), resolution))
+    untrained = replace(spec, pretrained=False, checkpoint_path=None)
+    return lambda: build_model(untrained, num_classes, resolution, seed)
 
 
 def run(cfg: DictConfig) -> dict:
     """Train the baseline and distilled students, measure SAT teacher -> student, write the results."""
     params = cfg.distill
-    alpha, temperature, mode = params.alpha, params.temperature, str(params.mode)
-    check_distill(alpha, temperature, mode)
     seeds = [int(s) for s in params.seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise SatlabError(f"distill.seeds must list distinct seeds, got {seeds}")
     student = str(params.student)
     sspec = resolve_spec(cfg.model_set, student)
     check_arch(sspec.timm_name)
     teachers = _teacher_names(cfg, student)
-    tspecs = [resolve_spec(cfg.model_set, n) for n in teachers]
-    zoo_reference = sspec.train_seed is not None
+    zoo_reference = sspec.train_seed is not None  # the zoo's own student; else one trained at reference_seed
     reference = student if zoo_reference else f"{student}@seed{int(params.reference_seed)}"
     if not zoo_reference and int(params.reference_seed) in seeds:
         raise SatlabError("distill.reference_seed must not be one of distill.seeds (the SAT reference is trained "
                           "independently of the distillation runs)")
-    recipe = Recipe.from_config(OmegaConf.to_container(params.recipe, resolve=True))
-    for spec in tspecs + ([sspec] if zoo_reference else []):
-        check_arch(spec.timm_name)
-        if spec.train_seed is not None:
-            zoo_recipe(spec, cfg.model_set.get("train"))
-    given = None
-    if params.get("sat_matrix"):
-        given = read_matrix(params.sat_matrix, symmetric_tol=1e-6)
-        missing = [n for n in teachers + [reference] if n not in given[0]]
-        if missing:
-            raise SatlabError(f"distill.sat_matrix lacks {', '.join(missing)}; give a matrix with every teacher "
-                              "and the reference, or leave distill.sat_matrix unset to compute it")
+    recipe = Recipe.from_config(params.recipe)
+    given = _given_matrix(params.get("sat_matrix"), teachers + [reference])
     attack = build(cfg, "attack") if given is None else None
     out = output_dir(cfg)
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    timings: dict[str, float] = {}
+    trainer_cfg = trainer_config(cfg)
     start = time.perf_counter()
-    data = build(cfg, "dataset")
-    for spec in tspecs:
-        check_classes(spec, data.num_classes)
-    ref_specs = [sspec] if zoo_reference else []
-    if cfg.model_set.get("trained_from"):  # teachers fine-tuned on this dataset by a task=train run
-        loaded = load_trained(tspecs + ref_specs, cfg.model_set.trained_from, data, int(cfg.seed))
-    else:
-        loaded = load_models(tspecs + ref_specs, data, int(cfg.seed), cfg.paths.cache_dir,
-                             cfg.model_set.get("train"), trainer_cfg)
-    for item in loaded[: len(tspecs)]:
-        classes = getattr(item.model.model, "num_classes", data.num_classes)
-        if classes != data.num_classes:
-            raise SatlabError(f"teacher '{item.spec.name}' predicts {classes} classes but dataset '{data.name}' has "
-                              f"{data.num_classes}; a teacher must predict the student's classes")
-    timings["teachers"] = time.perf_counter() - start
+    data = eval_data(cfg)
+    models = open_models(cfg, data, names=teachers + ([student] if zoo_reference else []))
+    timings = {"teachers": time.perf_counter() - start}
 
     tracker = start_tracking(cfg, "distill", out)
-    identity = {"arch": sspec.timm_name, "model_args": dict(sspec.model_args)}
-    common = (student, recipe, data, cfg.paths.cache_dir, trainer_cfg)
     start = time.perf_counter()
-    models = [m.model for m in loaded]
-    if not zoo_reference:
-        ref, _ = student_or_load(_student_builder(sspec, int(params.reference_seed), data.num_classes,
-                                                  data.resolution), *common, int(params.reference_seed), identity)
-        models.append(ref)
-    baseline, accs, infos = [], {n: [] for n in teachers}, []
-    for seed in seeds:
-        builder = _student_builder(sspec, seed, data.num_classes, data.resolution)
-        _, info = student_or_load(builder, *common, seed, identity)
-        baseline.append(float(info["test_accuracy"]))
-        infos.append({"teacher": None, "seed": seed, **_brief(info)})
-        print(f"seed {seed}: baseline {info['test_accuracy']:.4f}" + (" (cached)" if info["cached"] else ""))
-        for item in loaded[: len(tspecs)]:
-            _, info = student_or_load(builder, *common, seed, identity, teachers=[item.model], alpha=alpha,
-                                      temperature=temperature, mode=mode)
-            accs[item.spec.name].append(float(info["test_accuracy"]))
-            infos.append({"teacher": item.spec.name, "seed": seed, **_brief(info)})
-            print(f"seed {seed}: teacher {item.spec.name} {info['test_accuracy']:.4f}"
-                  + (" (cached)" if info["cached"] else ""))
+    train = partial(student_training, name=student, recipe=recipe, data=data, cache_dir=cfg.paths.cache_dir,
+                    trainer_cfg=trainer_cfg, identity={"arch": sspec.timm_name, "model_args": dict(sspec.model_args)})
+    builder = partial(_student_builder, sspec, num_classes=data.num_classes, resolution=data.resolution)
+    baseline, accs, infos = train_students(models, teachers, seeds, train, builder, params)
     timings["students"] = time.perf_counter() - start
 
     start = time.perf_counter()
     if given is not None:
         order = {n: i for i, n in enumerate(given[0])}
         sat = [given[1][order[n], order[reference]] for n in teachers]
-        teacher_acc = [accuracy(item.model, data.eval) for item in loaded[: len(tspecs)]]
+        teacher_acc = []
+        for i in range(len(teachers)):
+            with models.use(i) as teacher:
+                teacher_acc.append(accuracy(teacher, data.eval))
     else:
-        result = compute_records(models, teachers + [reference], [m.fingerprint() for m in models], data.eval,
-                                 attack, seed=int(cfg.seed), batch_size=int(params.sat_batch_size),
-                                 cache_dir=Path(cfg.paths.cache_dir), trainer_kwargs=engine_trainer_kwargs(trainer_cfg))
+        seed = int(params.reference_seed)
+        nets = models.load_all() + ([] if zoo_reference else [train(builder(seed), seed=seed).run()[0]])
+        result = compute_records(nets, teachers + [reference], [m.fingerprint() for m in nets], data.eval, attack,
+                                 seed=int(cfg.seed), batch_size=int(params.sat_batch_size),
+                                 cache_dir=Path(cfg.paths.cache_dir), trainer_cfg=trainer_cfg)
         matrix = metric.sat_matrix(result.records.correct, result.records.fooled, float(params.eps_s))
-        sat = list(matrix[: len(teachers), -1])
+        sat, teacher_acc = list(matrix[: len(teachers), -1]), list(result.records.correct[: len(teachers)].mean(1))
         write_matrix(out / "sat_matrix.csv", teachers + [reference], matrix)
-        teacher_acc = list(result.records.correct[: len(teachers)].mean(1))
     timings["sat"] = time.perf_counter() - start
 
-    table = results_table(teachers, sat, teacher_acc, accs, baseline)
+    ref_text = (f"the zoo's own {student} (trained with the zoo recipe)" if zoo_reference
+                else f"{student} trained without a teacher at seed {int(params.reference_seed)}")
+    summary = {"student": student, "reference": ref_text, "teachers": teachers, "seeds": seeds,
+               "model_keys": {n: models.key(i) for i, n in enumerate(teachers)},
+               "alpha": float(params.alpha), "temperature": float(params.temperature), "mode": str(params.mode),
+               "baseline_accuracy": baseline, "student_accuracy": accs, "runs": infos,
+               "sat_source": str(params.sat_matrix) if given is not None else "computed (records cache)",
+               "gain_ci": "paired t-interval over seeds (95%)", "rho_ci": "percentile bootstrap over teachers (95%)"}
+    return write_results(cfg, out, timings, tracker, results_table(teachers, sat, teacher_acc, accs, baseline), summary)
+
+
+def train_students(models, teachers: list[str], seeds: list[int], train, builder, params) -> tuple[list, dict, list]:
+    """The baseline student at every seed, then every teacher's distilled student at every seed (one teacher built
+    at a time). Returns the baseline accuracies, each teacher's accuracies and a row per run."""
+    baseline, accs, infos = [], {n: [] for n in teachers}, []
+    for seed in seeds:
+        _, info = train(builder(seed), seed=seed).run()
+        baseline.append(float(info["test_accuracy"]))
+        infos.append({"teacher": None, "seed": seed, **_brief(info)})
+        print(f"seed {seed}: baseline {info['test_accuracy']:.4f}" + (" (cached)" if info["cached"] else ""))
+    for i, name in enumerate(teachers):
+        with models.use(i) as teacher:
+            for seed in seeds:
+                _, info = train(builder(seed), seed=seed, teachers=[teacher], alpha=params.alpha,
+                                temperature=params.temperature, mode=str(params.mode)).run()
+                accs[name].append(float(info["test_accuracy"]))
+                infos.append({"teacher": name, "seed": seed, **_brief(info)})
+                print(f"seed {seed}: teacher {name} {info['test_accuracy']:.4f}"
+                      + (" (cached)" if info["cached"] else ""))
+    return baseline, accs, infos
+
+
+def write_results(cfg: DictConfig, out: Path, timings: dict, tracker, table, summary: dict) -> dict:
+    """distill_results.csv, gain_vs_sat.png, report.md, summary.json, wandb and the console's answer."""
+    params, student, baseline = cfg.distill, summary["student"], summary["baseline_accuracy"]
     corr = rank_correlation(table["sat_to_student"], table["gain_mean"], int(params.n_boot), int(cfg.seed))
     ans = answer(table)
     write_csv(out / "distill_results.csv", table)
     plot_gain_vs_sat(table, corr, out / "gain_vs_sat.png", student)
-    ref_text = (f"the zoo's own {student} (trained with the zoo recipe)" if zoo_reference
-                else f"{student} trained without a teacher at seed {int(params.reference_seed)}")
     write_text(out / "report.md", "# satlab distillation report\n\n"
-               + report_section(table, corr, ans, student, baseline, ref_text))
-    summary = {"student": student, "reference": ref_text, "teachers": teachers, "seeds": seeds, "alpha": float(alpha),
-               "temperature": float(temperature), "mode": mode, "baseline_accuracy": baseline,
-               "student_accuracy": accs, "rank_correlation": corr, "answer": ans, "runs": infos,
-               "sat_source": str(params.sat_matrix) if given is not None else "computed (records cache)",
-               "gain_ci": "paired t-interval over seeds (95%)", "rho_ci": "percentile bootstrap over teachers (95%)"}
+               + report_section(table, corr, ans, student, baseline, summary["reference"]))
+    summary |= {"rank_correlation": corr, "answer": ans}
     write_summary(out, cfg, timings, **summary)
     tracker.log({"baseline_accuracy": float(np.mean(baseline)), "rho_gain_sat": corr["rho"]})
     tracker.log_table("distill_results", table.set_index("teacher"))
@@ -180,11 +165,23 @@ def run(cfg: DictConfig) -> dict:
     tracker.finish()
 
     print(table.to_string(index=False, float_format="%.3f"))
-    print(f"\nstudent {student}: baseline accuracy {np.mean(baseline):.4f} over seeds {seeds}")
+    print(f"\nstudent {student}: baseline accuracy {np.mean(baseline):.4f} over seeds {summary['seeds']}")
     for line in answer_lines(ans, corr):
         print(line)
     print(f"results in {out}")
     return summary
+
+
+def _given_matrix(path, needed: list[str]):
+    """`distill.sat_matrix` read and checked to hold every teacher and the reference; None when not given."""
+    if not path:
+        return None
+    given = read_matrix(path, symmetric_tol=1e-6)
+    missing = [n for n in needed if n not in given[0]]
+    if missing:
+        raise SatlabError(f"distill.sat_matrix lacks {', '.join(missing)}; give a matrix with every teacher "
+                          "and the reference, or leave distill.sat_matrix unset to compute it")
+    return given
 
 
 def _brief(info: dict) -> dict:

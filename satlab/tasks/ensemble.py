@@ -8,7 +8,6 @@ summary.json, wandb. The math lives in `satlab.ensemble`; see `conf/task/ensembl
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -27,18 +26,16 @@ from satlab.ensemble.predict import predict_log_probs
 from satlab.ensemble.report import ensemble_section, headline
 from satlab.ensemble.stats import correlation_table
 from satlab.ensemble.teams import check_teams, team_table
-from satlab.models.loading import load_models
-from satlab.train import engine_trainer_kwargs
 from satlab.models.specs import model_specs
 from satlab.sat import metric
-from satlab.sat.engine import compute_records
+from satlab.sat.engine import compute_records, records_context
 from satlab.sat.records import read_matrix, write_matrix
-from satlab.tasks.common import build, command_line, output_dir, write_summary
+from satlab.tasks.common import build, command_line, eval_data, open_models, output_dir, trainer_config, write_summary
+from satlab.tasks.runs import find_map, read_summary, run_dirs
 from satlab.tasks.tracking import start_tracking
 from satlab.utils import SatlabError, write_csv, write_text
 
 log = logging.getLogger(__name__)
-SEARCH = ("outputs/sat/*/sat_matrix.csv", "multirun/sat/*/*/sat_matrix.csv", "outputs/ensemble/*/sat_matrix.csv")
 
 
 def team_sizes(option: Any, n_models: int) -> list[int]:
@@ -49,56 +46,27 @@ def team_sizes(option: Any, n_models: int) -> list[int]:
     return sizes
 
 
-def _check_counts(ecfg: DictConfig) -> None:
-    for key, low in (("random_teams", 1), ("n_bootstrap", 1), ("n_permutations", 0), ("calibration_bins", 1)):
-        value = ecfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise SatlabError(f"ensemble.{key} must be an integer >= {low}, got {value!r}")
-    if not 0 < float(ecfg.ci_level) < 1:
-        raise SatlabError(f"ensemble.ci_level must be in (0, 1), got {ecfg.ci_level}")
-
-
-def _same_dataset(a: dict, b: dict) -> bool:
-    """Two dataset configs describe the same images (a key one of them lacks counts as unset: null/0)."""
-    return all(a.get(k) == b.get(k) or {a.get(k), b.get(k)} <= {None, 0, 0.0} for k in set(a) | set(b))
-
-
-def find_sat_matrix(option: Any, cfg: DictConfig, keys: dict[str, str | None], out_dir: Path) -> Path | None:
-    """`ensemble.sat_matrix`, else the newest run of this dataset config, attack and seed whose summary lists
-    every model with these weights (`keys`: name -> `PixelModel.fingerprint()`); names alone are not enough.
-    A key None matches any weights (the check before the models are loaded)."""
-    if option not in (None, ""):
-        return Path(str(option)).expanduser()
-    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
-    attack = OmegaConf.to_container(cfg.attack, resolve=True)  # a map made with another attack or seed is not it
-    found = []
-    for path in (p for pattern in SEARCH for p in Path.cwd().glob(pattern)):
-        summary = path.parent / "summary.json"
-        if path.parent.resolve() == out_dir.resolve() or not summary.is_file():
-            continue
-        try:
-            stored = json.loads(summary.read_text())
-            config, run_keys = stored.get("config", {}), stored.get("model_keys", {})
-            header = pd.read_csv(path, nrows=0, index_col=0).columns
-        except (OSError, ValueError, AttributeError, pd.errors.ParserError, pd.errors.EmptyDataError):
-            continue  # unreadable or not a summary: not a candidate
-        if (all(name in run_keys and key in (None, run_keys[name]) for name, key in keys.items())
-                and set(keys) <= set(header)
-                and _same_dataset(config.get("dataset", {}), dataset) and config.get("seed") == cfg.seed
-                and config.get("attack") == attack):
-            found.append(path)
-    if not found and not cfg.ensemble.compute_sat:
-        raise SatlabError(f"no SAT matrix of model set {cfg.model_set.name} on this dataset: pass "
+def matrix_source(cfg: DictConfig, names: list[str], out: Path, models: Any = None, context: Any = None) -> Path | None:
+    """`ensemble.sat_matrix`, else the newest map of these models' weights computed in `context` (what this run
+    would compute: `satlab.tasks.runs.find_map`); None: compute it here. Without `models` (before any model is
+    built) it only checks that some earlier run holds these model names at all when `ensemble.compute_sat=false`,
+    so a missing matrix is refused before any work."""
+    if given := cfg.ensemble.get("sat_matrix"):
+        return Path(str(given)).expanduser()
+    missing = SatlabError(f"no SAT matrix of model set {cfg.model_set.name} on this dataset: pass "
                           "ensemble.sat_matrix=<sat_matrix.csv> (e.g. the paper's SAT_release.csv), or set "
                           "ensemble.compute_sat=true to compute it here")
-    if not found:
-        log.info("ensemble.sat_matrix not given and no task=sat run of model set %s on this dataset config: "
-                 "SAT is computed here with attack %s", cfg.model_set.name, cfg.attack.name)
+    if models is None:
+        runs = [set((read_summary(r) or {}).get("model_keys") or {}) for r in run_dirs("sat", "ensemble")]
+        if not cfg.ensemble.compute_sat and not any(set(names) <= held for held in runs):
+            raise missing
         return None
-    newest = max(found, key=lambda p: (p.stat().st_mtime, str(p)))
-    log.info("ensemble.sat_matrix not given: using %s (the newest run of %s on this dataset)", newest,
-             cfg.model_set.name)
-    return newest
+    found = find_map(dict(zip(names, models.keys())), context, exclude=out)
+    if found is None and not cfg.ensemble.compute_sat:
+        raise missing
+    log.info("ensemble.sat_matrix not given: %s", f"using {found} (a map of these weights, same attack, images, "
+             "seed and precision)" if found else f"no matching map; computing it with attack {cfg.attack.name}")
+    return found
 
 
 def load_sat(path: Path, names: list[str], tol: float) -> np.ndarray:
@@ -116,82 +84,75 @@ def load_sat(path: Path, names: list[str], tol: float) -> np.ndarray:
 def run(cfg: DictConfig) -> dict:
     """Score every pair and team of `cfg.model_set` on `cfg.dataset`; returns the summary."""
     ecfg = cfg.ensemble
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
     rule = check_rule(str(ecfg.combine))
-    specs = model_specs(cfg.model_set)
-    names = [s.name for s in specs]
+    names = [s.name for s in model_specs(cfg.model_set)]
     sizes = team_sizes(ecfg.get("team_sizes"), len(names))
     strategies = [str(s) for s in ecfg.strategies]
     check_teams(strategies, sizes, len(names))
-    _check_counts(ecfg)
-    if ecfg.get("team_sizes") is None:
-        log.info("ensemble.team_sizes not given: teams of %s models", sizes)
     out = output_dir(cfg)
-    if ecfg.get("sat_matrix") not in (None, ""):  # a given matrix is checked before any work
-        load_sat(Path(str(ecfg.sat_matrix)).expanduser(), names, float(ecfg.symmetric_tol))
-    elif not ecfg.compute_sat:  # and a missing one: no run of these names at all can match
-        find_sat_matrix(None, cfg, dict.fromkeys(names), out)
-    data = build(cfg, "dataset")
-    if len(data.eval) == 0:
-        raise SatlabError(f"dataset '{data.name}' has no evaluation images")
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    loaded = load_models(specs, data, int(cfg.seed), cfg.paths.cache_dir, cfg.model_set.get("train"), trainer_cfg)
-    keys = {m.spec.name: m.key for m in loaded}
-    matrix_path = find_sat_matrix(ecfg.get("sat_matrix"), cfg, keys, out)
-    sat = load_sat(matrix_path, names, float(ecfg.symmetric_tol)) if matrix_path else None
-    attack = build(cfg, "attack") if sat is None else None
-    trainer_kwargs = engine_trainer_kwargs(trainer_cfg)  # what a predict pass takes (device, precision, bar)
-    timings["load"] = time.perf_counter() - start
+    if given := matrix_source(cfg, names, out):  # a given matrix is checked before any work
+        load_sat(given, names, float(ecfg.symmetric_tol))
+    start = time.perf_counter()
+    attack = build(cfg, "attack")
+    data = eval_data(cfg)
+    models = open_models(cfg, data)
+    trainer_cfg = trainer_config(cfg)
+    context = records_context(attack, data.eval, int(cfg.seed), trainer_cfg)
+    matrix_path = matrix_source(cfg, names, out, models, context)
+    timings = {"load": time.perf_counter() - start}
 
     tick = time.perf_counter()
-    cache = Path(cfg.paths.cache_dir) if ecfg.resume else None
-    preds = predict_log_probs([m.model for m in loaded], names, [m.key for m in loaded], data.eval,
-                              int(ecfg.batch_size), int(ecfg.num_workers), cache, trainer_kwargs)
+    preds = predict_log_probs(models, data.eval, int(ecfg.batch_size), int(ecfg.num_workers),
+                              Path(cfg.paths.cache_dir) if ecfg.resume else None, trainer_cfg)
     timings["predict"] = time.perf_counter() - tick
     log.info("prediction pass: %d model(s) computed, %d read from the cache", len(preds.computed), len(preds.reused))
-    if sat is None:
+    if matrix_path is None:
         tick = time.perf_counter()
-        result = compute_records([m.model for m in loaded], names, [m.key for m in loaded], data.eval, attack,
-                                 seed=int(cfg.seed), batch_size=int(ecfg.batch_size),
-                                 num_workers=int(ecfg.num_workers), cache_dir=cache, trainer_kwargs=trainer_kwargs)
-        sat = symmetrize(metric.sat_matrix(result.records.correct, result.records.fooled, float(ecfg.eps_s)))
-        matrix_path = write_matrix(out / "sat_matrix.csv", names, sat)
+        result = compute_records(models.load_all(), names, models.keys(), data.eval, attack, seed=int(cfg.seed),
+                                 batch_size=int(ecfg.batch_size), num_workers=int(ecfg.num_workers),
+                                 cache_dir=Path(cfg.paths.cache_dir) if ecfg.resume else None, trainer_cfg=trainer_cfg)
+        matrix_path = write_matrix(out / "sat_matrix.csv", names,
+                                   metric.sat_matrix(result.records.correct, result.records.fooled, float(ecfg.eps_s)))
         timings["sat"] = time.perf_counter() - tick
+    sat = load_sat(matrix_path, names, float(ecfg.symmetric_tol))
 
     tick = time.perf_counter()
     scorer = Scorer(preds.log_probs, preds.labels, rule, int(ecfg.calibration_bins))
     singles = scorer.score_teams([[m] for m in range(len(names))])
-    models = pd.DataFrame({"model": names, "family": [s.family for s in specs], "accuracy": scorer.accuracy,
-                           "nll": [s.nll for s in singles], "ece": [s.ece for s in singles]})
+    table = pd.DataFrame({"model": names, "family": [s.family for s in models.specs], "accuracy": scorer.accuracy,
+                          "nll": [s.nll for s in singles], "ece": [s.ece for s in singles]})
     pairs = pair_results(scorer, names)
     kappa = kappa_matrix(scorer.correct.numpy())
-    table = pairs.table.assign(sat=sat[pairs.first, pairs.second], kappa=kappa[pairs.first, pairs.second])
+    pair_table = pairs.table.assign(sat=sat[pairs.first, pairs.second], kappa=kappa[pairs.first, pairs.second])
     stats = correlation_table(pairs.correct, scorer.correct.numpy(), pairs.first, pairs.second, sat,
                               int(ecfg.n_bootstrap), int(ecfg.n_permutations), int(ecfg.seed), float(ecfg.ci_level))
     teams, _ = team_table(scorer, names, sat, sizes, strategies, int(ecfg.random_teams), int(ecfg.seed))
     timings["analysis"] = time.perf_counter() - tick
+    timings.update(preds.timings)
 
     info = {"data": f"{data.name} {OmegaConf.to_container(cfg.dataset, resolve=True)}", "samples": len(preds.labels),
             "combine": rule, "sat_source": str(matrix_path)}
+    extra = {"models": names, "model_keys": dict(zip(names, models.keys())), "samples": len(preds.labels),
+             "combine": rule, "sat_matrix": str(Path(matrix_path).resolve()), "sat_computed_here": "sat" in timings,
+             "records_context": context, "team_sizes": sizes, "strategies": strategies,
+             "accuracy": dict(zip(names, np.round(scorer.accuracy, 4).tolist())),
+             "forward_passes": {"computed": preds.computed, "reused": preds.reused, "data_key": preds.data_key}}
+    return write_outputs(cfg, out, timings, info, extra, table, pair_table, stats, teams)
+
+
+def write_outputs(cfg: DictConfig, out: Path, timings: dict, info: dict, extra: dict, models: pd.DataFrame,
+                  table: pd.DataFrame, stats: pd.DataFrame, teams: pd.DataFrame) -> dict:
+    """The CSVs, figures, report, summary.json and wandb run of an ensemble study; prints the headline."""
     files = {name: write_csv(out / f"ensemble_{name}.csv", frame, float_format="%.6g")
              for name, frame in (("pairs", table), ("teams", teams), ("stats", stats), ("models", models))}
-    title = f"{cfg.model_set.name} on {data.name}, {rule}"
+    title = f"{cfg.model_set.name} on {cfg.dataset.name}, {info['combine']}"
     figures = {"Gain vs SAT and kappa": plots.plot_gain_vs_sat(table, stats, out / "gain_vs_sat.png", title),
                "Teams by strategy": plots.plot_teams(teams, out / "teams.png", title)}
     text = ensemble_section(info, models, table, stats, teams, {k: Path(v).name for k, v in figures.items()})
-    text = f"# satlab ensemble report\n\nCommand: `{command_line()}`\n\n{text}"
-    files["report"] = write_text(out / "report.md", text)
+    files["report"] = write_text(out / "report.md", f"# satlab ensemble report\n\nCommand: `{command_line()}`\n\n{text}")
     lines = headline(stats, teams)
-    extra = {
-        "models": names, "model_keys": keys, "samples": len(preds.labels), "combine": rule, "sat_matrix": str(Path(matrix_path).resolve()),
-        "sat_computed_here": "sat" in timings, "team_sizes": sizes, "strategies": strategies,
-        "accuracy": dict(zip(names, np.round(scorer.accuracy, 4).tolist())),
-        "forward_passes": {"computed": preds.computed, "reused": preds.reused, "data_key": preds.data_key},
-        "correlations": stats.to_dict(orient="records"), "headline": lines,
-        "files": {k: Path(v).name for k, v in {**files, **figures}.items()},
-    }
-    timings.update(preds.timings)
+    extra |= {"correlations": stats.to_dict(orient="records"), "headline": lines,
+              "files": {k: Path(v).name for k, v in {**files, **figures}.items()}}
     summary_path = write_summary(out, cfg, timings, **extra)
 
     tracker = start_tracking(cfg, "ensemble", out)

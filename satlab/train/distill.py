@@ -22,7 +22,7 @@ from torch import nn
 
 from satlab.data import DatasetSplits
 from satlab.models.wrapper import PixelModel
-from satlab.train.fit import train_or_load
+from satlab.train.fit import Training
 from satlab.train.module import ClassifierModule
 from satlab.train.recipe import Recipe
 from satlab.utils import SatlabError
@@ -111,7 +111,7 @@ class DistillModule(ClassifierModule):
         return loss
 
 
-def student_or_load(
+def student_training(
     build: Callable[[], PixelModel],
     name: str,
     recipe: Recipe,
@@ -124,12 +124,12 @@ def student_or_load(
     alpha: float = 0.5,
     temperature: float = 4.0,
     mode: str = "soft",
-) -> tuple[PixelModel, dict[str, Any]]:
-    """Train (or load from `<cache>/distilled/`) a student at `seed`, with the teachers or, with none, the baseline.
+) -> Training:
+    """A student's training at `seed` (cached in `<cache>/distilled/`), with the teachers or, with none, the baseline.
 
     The baseline and every distilled student at one seed start from the same weights and see the same data order
-    and augmentation: train_or_load seeds before `build`, and the frozen teachers draw no random numbers. The key
-    adds the teachers' weights hashes (PixelModel.fingerprint), alpha, temperature and mode to train_or_load's.
+    and augmentation: `Training` seeds before `build`, and the frozen teachers draw no random numbers. The key
+    adds the teachers' weights hashes (PixelModel.fingerprint), alpha, temperature and mode to the training key.
     """
     setting = None
     module: Callable[..., ClassifierModule] = ClassifierModule
@@ -138,18 +138,5 @@ def student_or_load(
         setting = {"teachers": [t.fingerprint() for t in teachers], "alpha": float(alpha),
                    "temperature": float(temperature), "mode": mode}
         module = partial(DistillModule, teachers=list(teachers), alpha=alpha, temperature=temperature, mode=mode)
-    return train_or_load(build, name, recipe, data, cache_dir, trainer_cfg, seed=seed,
-                         identity={**dict(identity), "distill": setting}, subdir="distilled", module=module)
-
-
-def accuracy(model: nn.Module, data: Any, batch_size: int = 256) -> float:
-    """Clean accuracy of `model` (eval mode, pixels in) on a dataset of (image, label, id) items."""
-    from torch.utils.data import DataLoader
-
-    model.eval()
-    hits = total = 0
-    with torch.no_grad():
-        for x, y, _ in DataLoader(data, batch_size=batch_size):
-            hits += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    return hits / max(total, 1)
+    return Training(build, name, recipe, data, cache_dir, trainer_cfg, seed=seed,
+                    identity={**dict(identity), "distill": setting}, subdir="distilled", module=module)

@@ -9,14 +9,13 @@ import json
 import zlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from satlab.data import DatasetSplits
-from satlab.models.factory import build_model, create_timm, data_overrides
+from satlab.models.factory import build_model, wrap
 from satlab.models.specs import ModelSpec
 from satlab.models.wrapper import PixelModel
 from satlab.utils import SatlabError
@@ -24,47 +23,16 @@ from satlab.utils import SatlabError
 MANIFEST = "trained_models.json"
 
 
-def read_state(path: str, name: str) -> dict[str, torch.Tensor]:
-    """A checkpoint's state dict (.safetensors or torch file, plain or {'state_dict': ...})."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise SatlabError(f"model '{name}': checkpoint_path '{file}' does not exist")
-    try:
-        state = load_file(str(file)) if file.suffix == ".safetensors" else torch.load(file, map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - safetensors/pickle/zip errors
-        raise SatlabError(f"model '{name}': checkpoint '{file}' could not be read ({type(err).__name__})") from None
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
-def source_network(spec: ModelSpec, seed: int) -> nn.Module:
-    """The timm model with its source weights and head: pretrained, from `checkpoint_path`, or random init."""
-    if spec.checkpoint_path:
-        state = read_state(spec.checkpoint_path, spec.name)
-        probe = create_timm(replace(spec, pretrained=False), None, seed)
-        head = probe.pretrained_cfg.get("classifier")
-        head = head[0] if isinstance(head, (list, tuple)) else head
-        weight = state.get(f"{head}.weight") if head else None
-        classes = int(weight.shape[0]) if weight is not None else None
-        model = create_timm(replace(spec, pretrained=False), classes, seed)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise SatlabError(f"model '{spec.name}': checkpoint '{spec.checkpoint_path}' does not fit "
-                              f"{spec.timm_name} ({str(err).splitlines()[0][:160]})") from None
-        return model
-    return create_timm(spec, None, seed)
-
-
-def with_new_head(source: nn.Module, spec: ModelSpec, num_classes: int, resolution: int, seed: int,
-                  input_size: Any) -> PixelModel:
-    """A copy of `source` whose classifier is re-initialised for `num_classes` (seeded by seed and name)."""
+def with_new_head(source: nn.Module, spec: ModelSpec, num_classes: int, resolution: int, seed: int) -> PixelModel:
+    """A copy of timm network `source` whose classifier is re-initialised for `num_classes` (seeded by seed and
+    name), wrapped for the dataset's pixels (in training mode): the start of a fine-tuning run."""
     model = copy.deepcopy(source)
     if not hasattr(model, "reset_classifier"):
         raise SatlabError(f"model '{spec.name}' has no known classifier head (timm's reset_classifier), so it "
                           "cannot get a head for the new dataset")
     torch.manual_seed(zlib.crc32(f"{seed}:{spec.name}:head".encode()))
     model.reset_classifier(num_classes)
-    return PixelModel.from_timm(model, data_overrides(replace(spec, input_size=input_size), resolution)).train()
+    return wrap(model, spec, resolution).train()
 
 
 def write_manifest(path: Path, data: DatasetSplits, data_key: str, mode: str, models: dict[str, Any]) -> Path:
@@ -84,12 +52,43 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_trained(specs: Sequence[ModelSpec], run_dir: str | Path, data: DatasetSplits, seed: int) -> list[Any]:
-    """The models of a task=train run, for the dataset they were trained on; checked against their fingerprints."""
-    from satlab.models.loading import LoadedModel
+class TrainedSource:
+    """A model as a task=train run fine-tuned it (`model_set.trained_from`): a model-set source whose content key
+    is the manifest's fingerprint, checked when the weights are loaded.
 
+    Args:
+        spec: the model as the model set describes it.
+        entry: its entry in the run's manifest (`trained_models.json`).
+        manifest: the whole manifest (class count and resolution the model was trained for).
+        seed: the run's seed (a checkpoint load draws no random numbers; kept for the builder's signature).
+    """
+
+    def __init__(self, spec: ModelSpec, entry: Mapping[str, Any], manifest: Mapping[str, Any], seed: int = 0) -> None:
+        self.entry, self.manifest, self.seed = entry, manifest, seed
+        self.spec = replace(spec, checkpoint_path=str(entry["weights"]), pretrained=False, train_seed=None,
+                            input_size=entry["input_size"])
+
+    def check(self) -> None:
+        if not Path(self.entry["weights"]).is_file():
+            raise SatlabError(f"model '{self.spec.name}': trained weights {self.entry['weights']} are gone (cache "
+                              "cleared?); rerun task=train")
+
+    def stored_key(self) -> str | None:
+        return str(self.entry["fingerprint"])
+
+    def load(self) -> tuple[PixelModel, dict[str, Any]]:
+        model = build_model(self.spec, int(self.manifest["num_classes"]), int(self.manifest["resolution"]), self.seed)
+        if model.fingerprint() != self.entry["fingerprint"]:
+            raise SatlabError(f"model '{self.spec.name}': weights at {self.entry['weights']} do not match the "
+                              "manifest's fingerprint")
+        return model, {k: v for k, v in self.entry.items() if k != "recipe"}
+
+
+def trained_sources(specs: Sequence[ModelSpec], run_dir: str | Path, data: DatasetSplits | None,
+                    seed: int = 0) -> list[TrainedSource]:
+    """The sources of a task=train run's models; with `data`, checked to be trained for its classes."""
     manifest = read_manifest(run_dir)
-    if int(manifest["num_classes"]) != data.num_classes:
+    if data is not None and int(manifest["num_classes"]) != data.num_classes:
         raise SatlabError(f"model_set.trained_from: the models were trained for {manifest['num_classes']} classes "
                           f"({manifest['dataset']}) but dataset '{data.name}' has {data.num_classes}; use the "
                           "dataset they were trained on")
@@ -97,16 +96,4 @@ def load_trained(specs: Sequence[ModelSpec], run_dir: str | Path, data: DatasetS
     if missing:
         raise SatlabError(f"model_set.trained_from: {', '.join(missing)} not trained in {run_dir}; "
                           f"it has {', '.join(manifest['models'])}")
-    loaded = []
-    for spec in specs:
-        entry = manifest["models"][spec.name]
-        weights = Path(entry["weights"])
-        if not weights.is_file():
-            raise SatlabError(f"model '{spec.name}': trained weights {weights} are gone (cache cleared?); rerun task=train")
-        built = replace(spec, checkpoint_path=str(weights), pretrained=False, train_seed=None,
-                        input_size=entry["input_size"])
-        model = build_model(built, data.num_classes, data.resolution, seed)
-        if model.fingerprint() != entry["fingerprint"]:
-            raise SatlabError(f"model '{spec.name}': weights at {weights} do not match the manifest's fingerprint")
-        loaded.append(LoadedModel(spec, model, model.fingerprint(), {k: entry[k] for k in entry if k != "recipe"}))
-    return loaded
+    return [TrainedSource(spec, manifest["models"][spec.name], manifest, seed) for spec in specs]

@@ -1,8 +1,9 @@
 """ClassifierModule: a network trained with a loss, an optimizer and a scheduler that all come from config.
 
-The pieces are reusable on their own (distillation builds on them): `head_parameters` finds a timm model's
-classifier, `freeze_all_but` makes head-only training leave every other weight and buffer bit-identical, and
-`configure_optimization` fills the run-dependent scheduler arguments.
+The pieces are reusable on their own (distillation builds on them): `head_module` finds a timm model's
+classifier, `freeze_all_but` makes head-only training leave every other weight and buffer bit-identical,
+`configure_optimization` fills the run-dependent scheduler arguments, and `accuracy` scores a model on a
+dataset with torchmetrics.
 """
 
 from __future__ import annotations
@@ -35,11 +36,6 @@ def head_module(net: nn.Module, name: str = "model") -> nn.Module:
     return head
 
 
-def head_parameters(net: nn.Module, name: str = "model") -> list[nn.Parameter]:
-    """The parameters of the classifier head."""
-    return list(head_module(net, name).parameters())
-
-
 def freeze_all_but(net: nn.Module, keep: nn.Module) -> None:
     """requires_grad only for `keep`'s parameters."""
     kept = {id(p) for p in keep.parameters()}
@@ -68,6 +64,20 @@ def configure_optimization(
         raise SatlabError(f"the scheduler cannot run {total_steps} step(s) ({err or type(err).__name__}); train "
                           "longer, use a smaller batch_size, or set the recipe's scheduler to null") from None
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+
+
+def accuracy(model: nn.Module, data: Any, batch_size: int = 256) -> float:
+    """Top-1 accuracy (torchmetrics) of `model` (eval mode, no gradients) on a dataset of (image, label, id)."""
+    from torch.utils.data import DataLoader
+
+    model.eval()
+    metric = None
+    with torch.inference_mode():
+        for x, y, _ in DataLoader(data, batch_size=batch_size):
+            logits = model(x)
+            metric = metric or MulticlassAccuracy(num_classes=logits.shape[1], average="micro")
+            metric.update(logits.argmax(1), y)
+    return float(metric.compute()) if metric is not None else 0.0
 
 
 class ClassifierModule(pl.LightningModule):
