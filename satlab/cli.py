@@ -2,9 +2,9 @@
 
 `main` composes the config; `run` checks it (`satlab.tasks.checks`), seeds and dispatches to
 `satlab.tasks.<task.name>.run(cfg)`. Every mistake in the input, whether Hydra finds it (an unknown group option,
-a malformed override) or satlab does (SatlabError), becomes one line `satlab: error: ...` on stderr and exit
-status 2. In a sweep (`-m`) a failing job is reported and the next one runs; the sweep ends with the list of
-failed jobs and a non-zero status.
+a malformed override, a run folder it cannot create) or satlab does (SatlabError), becomes one line
+`satlab: error: ...` on stderr and exit status 2. In a sweep (`-m`) a failing job is reported and the next one
+runs; the sweep ends with the list of failed jobs and a non-zero status.
 """
 
 from __future__ import annotations
@@ -110,9 +110,12 @@ def _hydra_entry(cfg: DictConfig) -> None:
 
 
 def _one_line(text: str) -> str:
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    lines = lines[: next((i for i, ln in enumerate(lines) if ln.startswith("Config search path")), len(lines))]
-    return "; ".join(lines).replace(":; ", ": ").replace(".; ", "; ")
+    """Hydra's message as one line, without its config search path."""
+    from satlab.tasks.checks import one_line
+
+    lines = str(text).splitlines()
+    return one_line("\n".join(lines[: next((i for i, ln in enumerate(lines) if ln.strip().startswith(
+        "Config search path")), len(lines))]))
 
 
 def _discard_run_dir(path: Path) -> None:
@@ -137,6 +140,22 @@ def _hydra_message(err: BaseException) -> str:
         if first and first not in text:
             text = f"{text} ({first})"
     return text
+
+
+def _run_dir_message(err: OSError) -> str | None:
+    """The one line for an OSError Hydra raised creating the run (or sweep) folder, else None."""
+    frames = []
+    tb = err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code)
+        tb = tb.tb_next
+    where = ("run_job", "launch", "sweep", "_save_config")  # Hydra's functions that create the folders
+    if not any(f.co_name in where and f"{os.sep}hydra{os.sep}" in f.co_filename for f in frames):
+        return None
+    sweeping = any(arg in ("-m", "--multirun") for arg in sys.argv[1:])
+    key = "hydra.sweep.dir" if sweeping else "hydra.run.dir"
+    path = f" '{err.filename}'" if err.filename else ""
+    return f"cannot create the run folder{path} ({err.strerror or err}); set {key}=<a writable folder>"
 
 
 def _report_sweep() -> int:
@@ -165,6 +184,12 @@ def main(argv: list[str] | None = None) -> None:
         if _SESSION.entered:
             raise
         print(f"satlab: error: {_hydra_message(err)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # Hydra could not create the run folder (before any job started)
+        message = None if _SESSION.entered else _run_dir_message(err)
+        if message is None:
+            raise
+        print(f"satlab: error: {message}", file=sys.stderr)
         sys.exit(2)
     status = _report_sweep()
     if status:

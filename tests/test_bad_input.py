@@ -30,24 +30,66 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["sat.nosuch=1"], "Could not override 'sat.nosuch'; To append to your config use +sat.nosuch=1"),
     (["attack.eps=("], "Error parsing override 'attack.eps=('"),
     # types and ranges of config values (satlab.tasks.checks.SCHEMA)
-    (["seed=abc"], "seed must be an integer >= 0 and <= 4294967295"),
-    (["seed=1.5"], "seed must be an integer >= 0 and <= 4294967295"),
-    (["seed=-1"], "seed must be an integer >= 0"),
-    (["sat.resume=maybe"], "sat.resume must be true or false, got 'maybe'"),
-    (["sat.print_table=1"], "sat.print_table must be true or false, got 1"),
-    (["sat.batch_size=0"], "sat.batch_size must be an integer >= 1, got 0"),
-    (["sat.num_workers=-1"], "sat.num_workers must be an integer >= 0, got -1"),
-    (["sat.eps_s=0"], "sat.eps_s must be > 0"),
-    (["trainer.precision=bogus"], "trainer.precision must be one of"),
-    (["trainer.accelerator=quantum"], "trainer.accelerator must be one of auto"),
-    (["logger.mode=sometimes"], "logger.mode must be one of offline, online, disabled"),
-    (["task=analyze", "analyze.n_estimators=1.5"], "analyze.n_estimators must be an integer, got 1.5"),
-    (["task=analyze", "analyze.test_size=abc"], "analyze.test_size must be a finite number, got 'abc'"),
+    (["seed=abc"], "seed=abc must be an integer in [0, 4294967295]"),
+    (["seed=1.5"], "seed=1.5 must be an integer in [0, 4294967295]"),
+    (["seed=-1"], "seed=-1 must be an integer in [0, 4294967295]"),
+    (["sat.resume=maybe"], "sat.resume=maybe must be true or false"),
+    (["sat.print_table=1"], "sat.print_table=1 must be true or false"),
+    (["sat.batch_size=0"], "sat.batch_size=0 must be an integer >= 1"),
+    (["sat.num_workers=-1"], "sat.num_workers=-1 must be an integer >= 0"),
+    (["sat.eps_s=0"], "sat.eps_s=0 must be a number > 0 (it floors the argument of the log)"),
+    (["sat.n_bootstrap=-1"], "sat.n_bootstrap=-1 must be an integer >= 0 (resamples for sat_ci.csv; 0: no CIs)"),
+    (["logger.mode=sometimes"], "logger.mode=sometimes is unknown; choose one of offline, online, disabled"),
+    (["dataset.eval_noise=2"], "dataset.eval_noise=2 must be a number in [0, 1]"),
+    (["model_set.input_size=abc"], "model_set.input_size=abc must be null (timm's data config), dataset or an integer"),
+    (["task=analyze", "analyze.n_estimators=1.5"], "analyze.n_estimators=1.5 must be an integer >= 1"),
+    (["task=analyze", "analyze.test_size=abc"], "analyze.test_size=abc must be a number"),
+    (["task=analyze", "analyze.map=umap"], "analyze.map=umap is unknown; choose one of mds, tsne"),
+    (["task=compare", "compare.n_permutations=0"], "compare.n_permutations=0 must be an integer >= 1"),
+    (["task=ensemble", "ensemble.ci_level=1"], "ensemble.ci_level=1 must be a number in (0, 1)"),
+    (["task=ensemble", "ensemble.combine=nosuch"], "ensemble.combine=nosuch is unknown; choose one of mean_softmax"),
+    (["task=train", "train.mode=nosuch"], "train.mode=nosuch is unknown; choose one of full, head (head = linear probe)"),
+    (["task=distill", "distill.alpha=1.5"], "distill.alpha=1.5 must be a number in [0, 1] (the weight of the teacher"),
+    (["task=distill", "distill.temperature=0"], "distill.temperature=0 must be a number > 0 (it divides the logits)"),
+    (["task=distill", "distill.mode=x"], "distill.mode=x is unknown; choose one of soft, hard"),
+    (["task=distill", "distill.seeds=[0,0]"], "distill.seeds=[0, 0] must be a non-empty list of distinct integers"),
+    # the Trainer: typed options, then whatever pytorch_lightning.Trainer refuses on construction
+    (["trainer.precision=bogus"], "trainer.precision=bogus is unknown; choose one of"),
+    (["trainer.accelerator=quantum"], "trainer.accelerator=quantum is unknown; choose one of auto"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be null (each model's recipe) or an integer >= 1"),
+    (["+trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1 must be null (no clipping) or a number >= 0"),
+    (["trainer.devices=0"], "trainer: `Trainer(devices=0)` value is not a valid input using cpu accelerator"),
+    (["+trainer.nosuch=1"], "trainer: Trainer.__init__() got an unexpected keyword argument 'nosuch'"),
+    (["+trainer.strategy=nosuch"], "trainer: You selected an invalid strategy name: `strategy='nosuch'`"),
+    (["+trainer.val_check_interval=2.5"], "trainer: You have passed invalid value 2.5 for val_check_interval"),
+    # training recipes: typed keys, then a trial build of the optimizer, scheduler and loss
+    (["task=train", "train.recipe.optimizer.lr=-1"], "train.recipe.optimizer: Invalid learning rate: -1"),
+    (["task=train", "+train.recipe.optimizer.betas=[2,0.9]"],
+     "train.recipe.optimizer: Invalid beta parameter at index 0: 2"),
+    (["task=train", "+train.recipe.optimizer.foo=1"],
+     "train.recipe.optimizer: AdamW.__init__() got an unexpected keyword argument 'foo'"),
+    (["task=train", "train.recipe.optimizer._target_=torch.optim.Nope"],
+     "train.recipe.optimizer: Error loading 'torch.optim.Nope'"),
+    (["task=train", "train.recipe.scheduler.pct_start=2"],
+     "train.recipe.scheduler: Expected float between 0 and 1 pct_start, but got 2"),
+    (["task=train", "train.recipe.loss.label_smoothing=2"],
+     "train.recipe.loss: label_smoothing must be between 0.0 and 1.0"),
+    (["task=train", "train.recipe.epochs=0"], "train.recipe.epochs=0 must be an integer >= 1"),
+    (["task=train", "train.recipe.val_fraction=1"], "train.recipe.val_fraction=1 must be a number in [0, 1)"),
+    (["task=train", "+train.recipe.scheduler_interval=batch"],
+     "train.recipe.scheduler_interval=batch is unknown; choose one of step, epoch"),
+    (["task=train", "train.recipe.augment.max_shift=-1"], "train.recipe.augment.max_shift=-1 must be an integer >= 0"),
+    (["task=train", "+train.recipe.nosuch=1"], "train.recipe.nosuch is not a recipe key; known: epochs, batch_size"),
+    (["task=distill", "distill.recipe.optimizer.weight_decay=-1"],
+     "distill.recipe.optimizer: Invalid weight_decay value: -1"),
+    (["model_set=digits_zoo", "model_set.train.epochs=0"], "model_set.train.epochs=0 must be an integer >= 1"),
+    (["model_set=digits_zoo", "+model_set.catalog.resnet18_s0.train.optimizer.lr=-1"],
+     "model_set.catalog.resnet18_s0.train.optimizer: Invalid learning rate: -1"),
     # model sets
     (["model_set.models=[test_resnet,resnet50]"], "model(s) resnet50 not in the catalog of model set 'timm_tiny'"),
     (["model_set.models=[test_resnet,resnet50]"], "set model_set.uncatalogued=random (random init, untrained)"),
     (["model_set.uncatalogued=random", "model_set.models=[test_resnet,resnet5]"], "unknown model 'resnet5'"),
-    (["model_set.uncatalogued=maybe"], "model_set.uncatalogued must be one of refuse, random, pretrained"),
+    (["model_set.uncatalogued=maybe"], "model_set.uncatalogued=maybe is unknown; choose one of refuse, random, pretrained"),
     (["model_set.models=[]"], "has 0 model(s); SAT compares pairs"),
     (["model_set.models=[test_resnet]"], "has 1 model(s); SAT compares pairs"),
     (["model_set.models=[test_resnet,test_resnet]"], "lists test_resnet more than once"),
@@ -64,10 +106,16 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
      "are all of one class (cat); SAT needs images of at least 2 classes"),
     (["dataset=imagefolder", "dataset.root={tree}", "dataset.resize=16", "dataset.resolution=32"],
      "dataset.resize (16) must be >= dataset.resolution (32)"),
-    (["dataset.samples_per_class=0"], "dataset.samples_per_class must be a positive integer"),
-    # attacks (their checks live in satlab.attacks)
-    (["attack.eps=-0.1"], "attack.eps"),
-    (["attack.steps=0"], "attack.steps"),
+    (["dataset.samples_per_class=0"], "dataset.samples_per_class=0 must be null (all images) or an integer >= 1"),
+    # attacks (built once on trial; their fields are checked by satlab.tasks.checks.ATTACK): every budget is > 0
+    (["attack.eps=-0.1"], "attack.eps=-0.1 must be a number in (0, 1] (L-inf, in pixel units: 8/255 = 0.0314)"),
+    (["attack.eps=0"], "attack.eps=0 must be a number in (0, 1] (L-inf"),
+    (["attack=fgsm", "attack.eps=0"], "attack.eps=0 must be a number in (0, 1] (L-inf"),
+    (["attack=pgd_l2", "attack.eps=0"], "attack.eps=0 must be a number > 0 (the L2 norm over all 3xHxW values"),
+    (["attack=pgd_l2", "attack.eps=100"], "attack.eps=100 is larger than the L2 distance between any two 32x32"),
+    (["attack.eps=0.001"], "attack.eps=0.001 is less than half an 8-bit level"),
+    (["attack.steps=0"], "attack.steps=0 must be an integer >= 1"),
+    (["attack.loss=marign"], "attack.loss=marign is unknown; choose one of ce, margin; did you mean margin?"),
 ]
 
 
@@ -143,4 +191,26 @@ def test_sweep_continues_past_a_failed_job(tmp_path, monkeypatch, capsys):
     assert not (sweep / "1" / "summary.json").exists()
     lines = err.strip().splitlines()
     assert "satlab: sweep: 1 of 3 job(s) failed:" in lines
-    assert lines[-1] == "  job 1 [analyze.n_estimators=abc]: analyze.n_estimators must be an integer, got 'abc'"
+    assert lines[-1] == "  job 1 [analyze.n_estimators=abc]: analyze.n_estimators=abc must be an integer >= 1"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there: trainer.accelerator=gpu is valid")
+def test_gpu_accelerator_without_a_gpu(tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(["model_set=timm_tiny", "trainer.accelerator=gpu", f"hydra.run.dir={run_dir}",
+                            f"paths.cache_dir={tmp_path / 'cache'}"], monkeypatch, capsys)
+    assert_one_line_error(code, err, "trainer: No supported gpu backend found!")
+    assert not run_dir.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_unwritable_run_folder(mode, tmp_path, monkeypatch, capsys):
+    """A run folder Hydra cannot create (under a file; /proc) is one line naming it and the option to set."""
+    (tmp_path / "afile").write_text("")
+    key = f"hydra.{mode}.dir"
+    for folder, reason in ((tmp_path / "afile" / "run", "Not a directory"), ("/proc/nope", "No such file")):
+        args = ["-m"] if mode == "sweep" else []
+        code, _, err = run_cli([*args, "model_set=timm_tiny", f"{key}={folder}"], monkeypatch, capsys)
+        assert_one_line_error(code, err, f"cannot create the run folder '{folder}' ({reason}")
+        assert err.strip().endswith(f"; set {key}=<a writable folder>"), err
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]

@@ -10,7 +10,6 @@ does not depend on which other images share its batch.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -41,24 +40,6 @@ def attack_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tenso
     return (other - true).sum()
 
 
-def _choice(key: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise SatlabError(f"attack.{key} must be one of {choices}, got '{value}'{hint}")
-
-
-def _real(key: str, value: object, rule: str, ok) -> None:
-    """`value` must be a finite int/float (not a bool) for which `ok(value)` holds."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise SatlabError(f"attack.{key} must be {rule}, got {value!r}")
-
-
-def _flag(key: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise SatlabError(f"attack.{key} must be true or false, got {value!r}")
-
-
 def level_text(eps: float) -> str:
     """'16/255 (0.0627)' for a budget on whole levels, else '0.03'."""
     levels = eps * LEVELS
@@ -85,20 +66,10 @@ class Attack:
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
-        _choice("norm", self.norm, NORMS)
-        _choice("loss", self.loss, LOSSES)
-        if self.norm == "linf":
-            _real("eps", self.eps, "a number in [0, 1] for L-inf (pixel units: 8/255 = 0.0314)", lambda v: 0 <= v <= 1)
-        else:
-            rule = "a finite number >= 0 (L2 norm over all 3xHxW values in [0,1] units)"
-            _real("eps", self.eps, rule, lambda v: v >= 0)
-        _real("steps", self.steps, "a positive whole number", lambda v: v >= 1 and float(v).is_integer())
-        if self.step_size is not None:
-            _real("step_size", self.step_size, "a finite number > 0 (or null for eps/4)", lambda v: v > 0)
-        _real("momentum", self.momentum, "a finite number >= 0", lambda v: v >= 0)
-        _flag("random_start", self.random_start)
-        _flag("quantize", self.quantize)
-        if self.norm == "linf" and self.quantize and self.eps > 0 and snap_linf(self.eps) != self.eps:
+        from satlab.tasks.checks import check_attack  # the config schema: one rule per field, eps > 0
+
+        check_attack(self)
+        if self.norm == "linf" and self.quantize and snap_linf(self.eps) != self.eps:
             self._snap()
 
     def _snap(self) -> None:
@@ -170,7 +141,7 @@ class Attack:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor | None = None) -> torch.Tensor:
         """Adversarial examples of `x` (labels `y`) against `model`; `seeds` [B] seed the random start."""
-        if x.numel() == 0 or self.eps == 0:
+        if x.numel() == 0:
             return x.detach().clone()
         # Only the input needs a gradient: with the weights frozen, autograd neither keeps what weight
         # gradients would need nor computes them. Restored afterwards.

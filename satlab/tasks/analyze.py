@@ -23,6 +23,7 @@ from satlab.analysis import consistency, features, floors, importance, plots, re
 from satlab.models.specs import resolve_spec
 from satlab.sat import metric
 from satlab.sat.records import load_records, read_matrix, write_matrix
+from satlab.tasks.checks import check_section
 from satlab.tasks.common import command_line, output_dir, write_summary
 from satlab.tasks.tracking import start_tracking
 from satlab.utils import SatlabError, write_csv, write_text
@@ -115,43 +116,16 @@ def find_eps_s(option: Any, matrix_path: Path) -> float:
     return metric.DEFAULT_EPS_S
 
 
-def _int_option(acfg: DictConfig, key: str, low: int, what: str = "") -> int:
-    value = acfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise SatlabError(f"analyze.{key}={value} must be an integer >= {low}{what}")
-    return value
-
-
-def _check_plain_options(acfg: DictConfig) -> None:
-    """Options checked before the matrix is read."""
-    tol, eps = acfg.get("symmetric_tol"), acfg.get("eps_s")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise SatlabError(f"analyze.symmetric_tol={tol} must be a number >= 0")
-    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 100):
-        raise SatlabError(f"analyze.eps_s={eps} must be null (the sat run's) or a rate in % between 0 and 100")
-    for key in ("importance_seeds", "n_repeats", "n_estimators", "top_pairs"):
-        _int_option(acfg, key, 1)
-    _int_option(acfg, "max_clusters", 2, " (the eigengap searches 2 .. max_clusters clusters)")
-    n_boot = _int_option(acfg, "n_bootstrap", 0, " (0: no CIs)")
-    if 0 < n_boot < 100:
-        raise SatlabError(f"analyze.n_bootstrap={n_boot} is too few resamples for a 95% CI; use 0 (no CIs) or >= 100")
-
-
 def _check_options(acfg: DictConfig, n_models: int, n_pairs: int) -> None:
     """Options checked against the matrix: `n_models` models, `n_pairs` pairs with a finite SAT."""
     k = acfg.get("n_clusters")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= n_models - 1):
+    if k is not None and not 2 <= k <= n_models - 1:  # an integer or null (checks.SCHEMA)
         raise SatlabError(f"analyze.n_clusters={k} must be null (the eigengap decides) or an integer between 2 and "
                           f"the number of models - 1 ({n_models - 1})")
     try:
         importance.held_out(acfg.test_size, n_pairs)
     except ValueError as err:
         raise SatlabError(f"analyze.{err}") from None
-    if acfg.affinity not in clu.AFFINITIES:
-        raise SatlabError(f"analyze.affinity={acfg.affinity} is unknown; choose one of {', '.join(clu.AFFINITIES)}")
-    if acfg.importance_model not in importance.MODELS:
-        raise SatlabError(f"analyze.importance_model={acfg.importance_model} is unknown; choose one of "
-                          f"{', '.join(importance.MODELS)}")
 
 
 def _config_yaml(cfg: DictConfig) -> str:
@@ -188,12 +162,10 @@ def records_extras(kappa_inputs, names: list[str], eps_s: float, acfg: DictConfi
 def run(cfg: DictConfig) -> dict:
     """Analyse a SAT matrix; returns the summary written to summary.json."""
     acfg = cfg.analyze
+    check_section(cfg, "analyze")  # types and ranges (satlab.tasks.checks); the CLI checked them already
     map_method = str(acfg.get("map", "mds"))
-    if map_method not in clu.MAPS:
-        raise SatlabError(f"analyze.map must be one of {', '.join(clu.MAPS)}, got {map_method!r}")
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    _check_plain_options(acfg)
     out_dir = output_dir(cfg)
     matrix_path = find_matrix(acfg.get("matrix"), out_dir)
     names, raw = read_matrix(matrix_path, symmetric_tol=float(acfg.symmetric_tol))

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from satlab.analysis.compare import comparison_section, compare_matrices, plot_comparison
 from satlab.sat.records import read_matrix
+from satlab.tasks.checks import check_section
 from satlab.tasks.common import output_dir, write_summary
 from satlab.utils import SatlabError, write_csv, write_json, write_text
 
@@ -28,11 +29,10 @@ def matrix_path(value: str | None, key: str) -> Path:
 
 def run(cfg: DictConfig) -> dict:
     """Compare `compare.a` with `compare.b`."""
+    check_section(cfg, "compare")  # types and ranges (satlab.tasks.checks); the CLI checked them already
     params = cfg.compare
     path_a, path_b = matrix_path(params.a, "compare.a"), matrix_path(params.b, "compare.b")
     n_perm = params.n_permutations
-    if isinstance(n_perm, bool) or not isinstance(n_perm, int) or n_perm < 1:
-        raise SatlabError(f"compare.n_permutations must be a positive integer, got {n_perm!r}")
     names_a, a = read_matrix(path_a)
     names_b, b = read_matrix(path_b)
     label_a, label_b = str(params.label_a), str(params.label_b)
