@@ -24,19 +24,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from satlab.utils import SatlabError
+from satlab.utils import SatlabError, conf_dir
 
 log = logging.getLogger("satlab")
 
 
-def _conf_dir() -> str:
-    """The configs: shipped inside the package (`satlab/conf`, an installed wheel), else the repo's `conf/`."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "conf"
-    return str(packaged if (packaged / "config.yaml").is_file() else here.parent / "conf")
-
-
-CONF_DIR = _conf_dir()
+CONF_DIR = str(conf_dir())  # shipped inside the package (an installed wheel), else the repo's conf/
 
 # A run folder's unique suffix: drawn once per config (cached), copied by Hydra into every job of a sweep.
 OmegaConf.register_new_resolver("satlab.uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
@@ -111,7 +104,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
 
 def _one_line(text: str) -> str:
     """Hydra's message as one line, without its config search path."""
-    from satlab.tasks.checks import one_line
+    from satlab.schema import one_line
 
     lines = str(text).splitlines()
     return one_line("\n".join(lines[: next((i for i, ln in enumerate(lines) if ln.strip().startswith(

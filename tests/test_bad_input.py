@@ -107,7 +107,7 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["dataset=imagefolder", "dataset.root={tree}", "dataset.resize=16", "dataset.resolution=32"],
      "dataset.resize (16) must be >= dataset.resolution (32)"),
     (["dataset.samples_per_class=0"], "dataset.samples_per_class=0 must be null (all images) or an integer >= 1"),
-    # attacks (built once on trial; their fields are checked by satlab.tasks.checks.ATTACK): every budget is > 0
+    # attacks (built once on trial; their fields are checked by satlab.attacks.gradient.ATTACK): every budget is > 0
     (["attack.eps=-0.1"], "attack.eps=-0.1 must be a number in (0, 1] (L-inf, in pixel units: 8/255 = 0.0314)"),
     (["attack.eps=0"], "attack.eps=0 must be a number in (0, 1] (L-inf"),
     (["attack=fgsm", "attack.eps=0"], "attack.eps=0 must be a number in (0, 1] (L-inf"),

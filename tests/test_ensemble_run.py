@@ -169,18 +169,23 @@ def test_without_a_matrix_sat_is_computed_in_the_run(tmp_path, monkeypatch, one_
 
 
 def test_a_sat_run_is_reused_only_for_the_same_weights(tmp_path, monkeypatch, one_thread):
-    """The newest task=sat run of this data and attack is used only if its summary lists the same model keys
-    (weights + preprocessing): same names with other weights (a retrained zoo) must not pass."""
+    """The newest task=sat run is used only if it ran what this run would: the same model keys (weights +
+    preprocessing; same names with other weights, a retrained zoo, must not pass) and the same records context
+    (the attack as it ran, the images, the seed): a budget written as 7 digits (0.1254902) is 32/255, the default."""
     monkeypatch.chdir(tmp_path)
     sat_dir = tmp_path / "outputs" / "sat" / "run1"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         sat_cfg = compose("config", overrides=[*FAST, "task=sat", "model_set=timm_tiny", "dataset.samples_per_class=2",
-                                               "attack=fgsm", "sat.n_bootstrap=0", "sat.print_table=false",
+                                               "attack=fgsm", "attack.eps=0.1254902", "sat.n_bootstrap=0",
+                                               "sat.print_table=false",
                                                f"paths.output_dir={sat_dir}", f"paths.cache_dir={tmp_path / 'cache'}"])
     sat_summary = run(sat_cfg)
     assert set(sat_summary["model_keys"]) == set(NAMES)
     found = run(compose_cfg([*TINY, "attack=fgsm", "ensemble.team_sizes=[2]"], tmp_path / "a"))
     assert not found["sat_computed_here"] and found["sat_matrix"] == str((sat_dir / "sat_matrix.csv").resolve())
+    smaller = run(compose_cfg([*TINY, "attack=fgsm", "attack.eps=0.0627451", "ensemble.team_sizes=[2]"],
+                              tmp_path / "eps16"))
+    assert smaller["sat_computed_here"]  # another budget: another map
     summary_file = sat_dir / "summary.json"
     stored = json.loads(summary_file.read_text())
     stored["model_keys"][NAMES[0]] = "other-weights"

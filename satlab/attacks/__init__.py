@@ -38,7 +38,7 @@ def create_attack(name: str, **kwargs: Any) -> Attack:
             args[key] = _number(args[key])
     if isinstance(args.get("steps"), float) and args["steps"].is_integer():
         args["steps"] = int(args["steps"])
-    attack = Attack(name=name, **args)  # checks every field (satlab.tasks.checks.ATTACK)
+    attack = Attack(name=name, **args)  # checks every field (satlab.attacks.gradient.ATTACK)
     if name == "fgsm" and attack.step_size is None:
         attack = replace(attack, step_size=attack.eps)  # one step of the budget used (after any snapping)
     return attack

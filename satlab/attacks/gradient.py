@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from satlab.attacks.rounding import LEVELS, round_l2, snap_linf, toward_levels
+from satlab.schema import BOOL, COUNT, Key, fail
 from satlab.utils import SatlabError
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,30 @@ def level_text(eps: float) -> str:
     return f"{round(levels)}/255 ({eps:.4g})" if abs(levels - round(levels)) < 1e-6 else f"{eps:.4g}"
 
 
+# An attack's fields (satlab.attacks.Attack); its budget `eps` depends on the norm.
+ATTACK: dict[str, Key] = {
+    "norm": Key("choice", choices="satlab.attacks.gradient:NORMS"),
+    "loss": Key("choice", choices="satlab.attacks.gradient:LOSSES"),
+    "steps": COUNT,
+    "step_size": Key("number", 0, open_low=True, nullable=True, null_means="eps/4"),
+    "momentum": Key("number", 0),
+    "random_start": BOOL,
+    "quantize": BOOL,
+}
+ATTACK_EPS: dict[str, Key] = {
+    "linf": Key("number", 0, 1, open_low=True, note="L-inf, in pixel units: 8/255 = 0.0314"),
+    "l2": Key("number", 0, open_low=True, note="the L2 norm over all 3xHxW values, in [0,1] pixel units"),
+}
+
+
+
+def check_attack(fields: Any) -> None:
+    """Check an attack's fields (an object with ATTACK's attributes and `eps`, e.g. an `Attack`)."""
+    for name, rule in ATTACK.items():
+        fail(f"attack.{name}", getattr(fields, name), rule)
+    fail("attack.eps", fields.eps, ATTACK_EPS[fields.norm])
+
+
 @dataclass(frozen=True)
 class Attack:
     """An untargeted gradient attack. `step_size=None` means eps/4; `momentum>0` makes it MI-FGSM.
@@ -66,9 +92,7 @@ class Attack:
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
-        from satlab.tasks.checks import check_attack  # the config schema: one rule per field, eps > 0
-
-        check_attack(self)
+        check_attack(self)  # one rule per field (ATTACK, ATTACK_EPS); every budget > 0
         if self.norm == "linf" and self.quantize and snap_linf(self.eps) != self.eps:
             self._snap()
 

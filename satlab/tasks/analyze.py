@@ -25,6 +25,7 @@ from satlab.sat import metric
 from satlab.sat.records import load_records, read_matrix, write_matrix
 from satlab.tasks.checks import check_section
 from satlab.tasks.common import command_line, output_dir, write_summary
+from satlab.tasks.runs import newest_file
 from satlab.tasks.tracking import start_tracking
 from satlab.utils import SatlabError, write_csv, write_text
 
@@ -39,12 +40,10 @@ def find_matrix(option: Any, out_dir: Path) -> Path:
     if here.is_file():
         log.info("analyze.matrix not given: using %s (the current run dir)", here)
         return here
-    found = [p for pattern in ("outputs/sat/*/sat_matrix.csv", "multirun/sat/*/*/sat_matrix.csv")
-             for p in Path.cwd().glob(pattern)]
-    if not found:
+    newest = newest_file("sat_matrix.csv", ["sat"])
+    if newest is None:
         raise SatlabError("no SAT matrix to analyse: pass analyze.matrix=<sat_matrix.csv> (none in the run dir "
                           "and no outputs/sat/*/ run found)")
-    newest = max(found, key=lambda p: (p.stat().st_mtime, str(p)))
     log.info("analyze.matrix not given: using %s (the most recent task=sat run)", newest)
     return newest
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from satlab.analysis.consistency import kappa_matrix
 from satlab.analysis.features import symmetrize
 from satlab.ensemble import plots
-from satlab.ensemble.combine import Scorer, check_rule
+from satlab.ensemble.combine import Scorer
 from satlab.ensemble.pairs import pair_results
 from satlab.ensemble.predict import predict_log_probs
 from satlab.ensemble.report import ensemble_section, headline
@@ -84,7 +84,7 @@ def load_sat(path: Path, names: list[str], tol: float) -> np.ndarray:
 def run(cfg: DictConfig) -> dict:
     """Score every pair and team of `cfg.model_set` on `cfg.dataset`; returns the summary."""
     ecfg = cfg.ensemble
-    rule = check_rule(str(ecfg.combine))
+    rule = str(ecfg.combine)  # checked by the config schema
     names = [s.name for s in model_specs(cfg.model_set)]
     sizes = team_sizes(ecfg.get("team_sizes"), len(names))
     strategies = [str(s) for s in ecfg.strategies]

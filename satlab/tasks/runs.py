@@ -18,11 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def run_dirs(*tasks: str, root: Path | None = None) -> list[Path]:
-    """The run folders of `tasks` under `root` (default: the working directory), newest first."""
+    """The run folders of `tasks` under `root` (default: the working directory)."""
     root = Path.cwd() if root is None else root
-    found = {p for task in tasks for pattern in (f"outputs/{task}/*/", f"multirun/{task}/*/*/")
-             for p in root.glob(pattern) if p.is_dir()}
-    return sorted(found, key=lambda p: (p.stat().st_mtime, str(p)), reverse=True)
+    return sorted({p for task in tasks for pattern in (f"outputs/{task}/*/", f"multirun/{task}/*/*/")
+                   for p in root.glob(pattern) if p.is_dir()})
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -36,10 +35,8 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 
 def newest_file(name: str, tasks: Iterable[str]) -> Path | None:
     """The newest `name` (e.g. sat_matrix.csv) among the runs of `tasks`; None when there is none."""
-    for run in run_dirs(*tasks):
-        if (run / name).is_file():
-            return run / name
-    return None
+    found = [run / name for run in run_dirs(*tasks) if (run / name).is_file()]
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
 
 
 def find_map(keys: Mapping[str, str], context: Mapping[str, Any], exclude: Path | None = None,
@@ -47,11 +44,13 @@ def find_map(keys: Mapping[str, str], context: Mapping[str, Any], exclude: Path 
     """The `sat_matrix.csv` of the newest run that holds every model of `keys` (name -> content key) with these
     weights and was computed in `context` (`satlab.sat.engine.records_context`); None when no run matches."""
     wanted = json.loads(json.dumps(dict(context), default=str))  # as it reads back from a summary
-    for run in run_dirs(*tasks):
+    maps = [run / "sat_matrix.csv" for run in run_dirs(*tasks) if (run / "sat_matrix.csv").is_file()]
+    for path in sorted(maps, key=lambda p: (p.stat().st_mtime, str(p)), reverse=True):  # the newest map first
+        run = path.parent
         if exclude is not None and run.resolve() == exclude.resolve():
             continue
         summary = read_summary(run)
-        if summary is None or not (run / "sat_matrix.csv").is_file():
+        if summary is None:
             continue
         stored = summary.get("model_keys") or {}
         if summary.get("records_context") == wanted and all(stored.get(n) == k for n, k in keys.items()):

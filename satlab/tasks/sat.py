@@ -19,7 +19,7 @@ from satlab.analysis.plots import plot_sat_heatmap
 from satlab.analysis.structure import Structure, structure
 from satlab.models import COMPONENTS, ModelSet, model_specs
 from satlab.sat import metric
-from satlab.sat.engine import EngineResult, assemble_records, compute_records
+from satlab.sat.engine import assemble_records, compute_records
 from satlab.sat.records import Records, save_records, write_matrix
 from satlab.sat.shards import select_sources
 from satlab.tasks.common import build, eval_data, open_models, output_dir, trainer_config, write_summary

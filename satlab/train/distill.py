@@ -25,21 +25,23 @@ from satlab.models.wrapper import PixelModel
 from satlab.train.fit import Training
 from satlab.train.module import ClassifierModule
 from satlab.train.recipe import Recipe
+from satlab.schema import Key, fail
 from satlab.utils import SatlabError
 
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")  # the frozen teachers
 
-MODES = ("soft", "hard")
+# the distillation settings' rules (the config schema applies them to distill.<key>; the module to its arguments)
+DISTILL: dict[str, Key] = {
+    "alpha": Key("number", 0, 1, note="the weight of the teacher term"),
+    "temperature": Key("number", 0, open_low=True, note="it divides the logits"),
+    "mode": Key("choice", choices=("soft", "hard")),
+}
 
 
 def check_distill(alpha: float, temperature: float, mode: str) -> None:
-    """SatlabError unless alpha is in [0, 1], temperature > 0 and mode is known."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
-        raise SatlabError(f"distill.alpha must be in [0, 1] (the weight of the teacher term), got {alpha!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not float(temperature) > 0:
-        raise SatlabError(f"distill.temperature must be > 0 (it divides the logits), got {temperature!r}")
-    if mode not in MODES:
-        raise SatlabError(f"distill.mode must be one of {', '.join(MODES)}, got {mode!r}")
+    """SatlabError unless alpha is in [0, 1], temperature > 0 and mode is soft or hard (rules: DISTILL)."""
+    for key, value in (("alpha", alpha), ("temperature", temperature), ("mode", mode)):
+        fail(f"distill.{key}", value, DISTILL[key])
 
 
 def distill_loss(
