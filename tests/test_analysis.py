@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -161,10 +163,33 @@ def test_kappa_matches_sklearn_and_correlates():
     for i in range(4):
         for j in range(4):
             assert kappa[i, j] == pytest.approx(cohen_kappa_score(correct[i], correct[j]))
-    assert np.isnan(consistency.kappa_matrix(np.ones((2, 5), bool))[0, 1])
     corr = consistency.kappa_sat_correlation(kappa, kappa * 2 + 1)
     assert corr["spearman_rho"] == pytest.approx(1.0) and corr["n_pairs"] == 6
     assert consistency.align(["x", "b", "a"], ["a", "b", "c"]) == (["a", "b"], pytest.approx([2, 1]))
+
+
+def test_kappa_of_perfect_and_always_wrong_models():
+    """A model's kappa with itself is 1, also at 100% or 0% accuracy, where the formula is 0/0; two models that are
+    both always right (or both always wrong) agree on every image: 1 (Geirhos et al.'s convention)."""
+    from satlab.ensemble.stats import resampled_kappa
+
+    rng = np.random.default_rng(1)
+    mixed = rng.random(40) < 0.6
+    correct = np.stack([np.ones(40, bool), np.ones(40, bool), np.zeros(40, bool), np.zeros(40, bool), mixed])
+    kappa = consistency.kappa_matrix(correct)
+    assert not np.isnan(kappa).any() and np.array_equal(kappa, kappa.T)
+    assert (np.diagonal(kappa) == 1.0).all()
+    assert kappa[0, 1] == kappa[2, 3] == 1.0  # both always right / both always wrong: p_obs = p_exp = 1
+    assert kappa[0, 2] == 0.0  # always right vs always wrong: p_obs = p_exp = 0, no convention needed
+    assert kappa[0, 4] == kappa[2, 4] == 0.0  # a constant model carries no information on which images are hard
+    assert kappa[0, 4] == pytest.approx(cohen_kappa_score(correct[0], correct[4]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn warns that 0/0 is undefined
+        assert np.isnan(cohen_kappa_score(correct[0], correct[1]))  # where scikit-learn leaves it NaN
+    first, second = np.triu_indices(5, k=1)
+    same = resampled_kappa(correct, first, second, np.ones((1, 40), np.float32))[:, 0]  # the ensemble's kappa
+    np.testing.assert_allclose(same, kappa[first, second], atol=1e-6)
+    assert np.isnan(consistency.kappa_matrix(np.ones((2, 0), bool))).all()  # no images: nothing to say
 
 
 def test_importance_finds_the_informative_component():

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from satlab.analysis.consistency import kappa_matrix
+from satlab.analysis.consistency import kappa_from_agreement, kappa_matrix
 from satlab.sat.resample import bootstrap_weights, mantel_test
 
 METHODS = ("spearman", "pearson")
@@ -36,14 +36,20 @@ def gains(ensemble_acc: np.ndarray, member_acc: np.ndarray, first: np.ndarray, s
 
 
 def resampled_kappa(model_hits: np.ndarray, first: np.ndarray, second: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Cohen's kappa of every pair under every resample -> [P, B] (NaN where undefined)."""
+    """Cohen's kappa of every pair under every resample -> [P, B], with `kappa_matrix`'s convention (1 for two
+    models that are both always right, or both always wrong, in a resample).
+
+    Args:
+        model_hits: bool [N, S], model n classifies image s correctly.
+        first, second: int [P], the pairs.
+        weights: float32 [B, S], the resamples' draw counts (`bootstrap_weights`).
+    """
     both = resampled_accuracy(model_hits[first] & model_hits[second], weights).astype(float)
     acc = resampled_accuracy(model_hits, weights).astype(float)
     pa, pb = acc[first], acc[second]
     p_obs = 2.0 * both + 1.0 - pa - pb
     p_exp = pa * pb + (1.0 - pa) * (1.0 - pb)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(np.isclose(p_exp, 1.0), np.nan, (p_obs - p_exp) / (1.0 - p_exp))
+    return kappa_from_agreement(p_obs, p_exp)
 
 
 def _pearson_columns(x: np.ndarray, y: np.ndarray) -> np.ndarray:
