@@ -126,6 +126,23 @@ def test_spectral_clustering_recovers_known_blocks(affinity):
     assert fixed.labels.tolist() == result.labels.tolist()
 
 
+@pytest.mark.parametrize("affinity", clu.AFFINITIES)
+def test_clusters_are_scikit_learns_spectral_clustering(affinity):
+    """Our dense embedding + scikit-learn's CLUSTER_QR = SpectralClustering(affinity="precomputed",
+    assign_labels="cluster_qr") on the affinity: the same partition, on blocks, a forced merge and a NaN pair."""
+    from sklearn.cluster import SpectralClustering
+
+    with_nan, _ = block_matrix([4, 4])
+    with_nan[0, 1] = with_nan[1, 0] = np.nan
+    cases = [(block_matrix([5, 7, 4, 6])[0], 4), (block_matrix([5, 7, 4, 6])[0], 3),
+             (block_matrix([6, 6, 6], seed=3, noise=0.4)[0], 3), (with_nan, 2)]
+    for sat, k in cases:
+        ours = clu.spectral_clusters(sat, n_clusters=k, affinity=affinity).labels
+        theirs = SpectralClustering(k, affinity="precomputed", assign_labels="cluster_qr",
+                                    random_state=0).fit(clu.sat_affinity(sat, affinity)).labels_
+        assert same_partition(ours, theirs) and len(set(ours.tolist())) == k, (k, ours, theirs)
+
+
 def test_clusters_do_not_depend_on_seed_or_global_rng():
     sat, _ = block_matrix([6, 6, 6], seed=3, noise=0.4)
     runs = []
