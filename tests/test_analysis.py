@@ -384,3 +384,30 @@ def test_structure_auc_and_twins_rank():
     assert "AUC 0.88" in shape.line() and "a0/a1 1" in shape.line()
     assert family_auc(sat, ["F", "G", "H", "I"])[0] is None  # no same-family pair: no AUC
     assert family_auc(np.where(np.eye(4, dtype=bool), 9, 1.0), fam)[0] == 0.5  # all ties: no structure
+
+
+def test_structure_leaves_pairs_without_a_value_out():
+    """experiment=smoke: the only same-family pair (the twins) is NaN. It must neither give AUC 0.00 nor rank first."""
+    from satlab.analysis.structure import family_auc, pair_ranks, structure
+
+    names, fam = ["a0", "a1", "b", "c"], ["F", "F", "G", "H"]
+    nan = np.nan
+    sat = np.array([[9, nan, nan, nan], [nan, 9, 3.0, 1.5], [nan, 3.0, 9, 2.5], [nan, 1.5, 2.5, 9]])
+    shape = structure(sat, names, fam, ["r", "r", "x", "y"])
+    assert shape.same_family_auc is None and (shape.n_same, shape.n_cross) == (1, 5)
+    assert (shape.missing_same, shape.missing_cross) == (1, 2) and shape.twins == [("a0", "a1", None)]
+    assert shape.line() == ("same-family vs cross-family AUC undefined (no same-family pair with a value) (1 vs 5 "
+                            "pairs; 3 pair(s) without a value left out); twins' rank of 3 pairs: a0/a1 no value")
+    ranks = pair_ranks(sat)
+    assert ranks[0, 1] == ranks[0, 2] == ranks[0, 3] == 0 and (ranks[1, 2], ranks[2, 3], ranks[1, 3]) == (1, 2, 3)
+
+    sat = np.array([[9, 4.0, 1.0, 2.0], [4.0, 9, nan, 1.5], [1.0, nan, 9, 2.5], [2.0, 1.5, 2.5, 9]])
+    # same-family a0/a1 = 4.0, b/c = 2.5 against the cross pairs with a value 1.0, 2.0, 1.5: all above
+    auc, n_same, n_cross = family_auc(sat, ["F", "F", "G", "G"])
+    assert auc == 1.0 and (n_same, n_cross) == (2, 4)
+    shape = structure(sat, names, ["F", "F", "G", "G"], ["r", "r", "x", "y"])
+    assert shape.line() == ("same-family vs cross-family AUC 1.00 (2 vs 4 pairs; 1 pair(s) without a value left "
+                            "out); twins' rank of 5 pairs: a0/a1 1")
+    assert structure(sat, names, list("FGHI"), names).line() == (
+        "same-family vs cross-family AUC undefined (no same-family pair) (0 vs 6 pairs; 1 pair(s) without a value "
+        "left out)")
