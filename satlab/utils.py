@@ -42,15 +42,6 @@ def state_dict_hash(state: dict[str, Any], length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
-def file_hash(path: str | os.PathLike, length: int = 16) -> str:
-    """Hex digest of a file's bytes (read in chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
-
-
 def current_umask() -> int:
     """The process umask (read by setting it and putting it back)."""
     mask = os.umask(0o022)
