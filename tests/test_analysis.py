@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -124,6 +126,23 @@ def test_spectral_clustering_recovers_known_blocks(affinity):
     assert fixed.labels.tolist() == result.labels.tolist()
 
 
+@pytest.mark.parametrize("affinity", clu.AFFINITIES)
+def test_clusters_are_scikit_learns_spectral_clustering(affinity):
+    """Our dense embedding + scikit-learn's CLUSTER_QR = SpectralClustering(affinity="precomputed",
+    assign_labels="cluster_qr") on the affinity: the same partition, on blocks, a forced merge and a NaN pair."""
+    from sklearn.cluster import SpectralClustering
+
+    with_nan, _ = block_matrix([4, 4])
+    with_nan[0, 1] = with_nan[1, 0] = np.nan
+    cases = [(block_matrix([5, 7, 4, 6])[0], 4), (block_matrix([5, 7, 4, 6])[0], 3),
+             (block_matrix([6, 6, 6], seed=3, noise=0.4)[0], 3), (with_nan, 2)]
+    for sat, k in cases:
+        ours = clu.spectral_clusters(sat, n_clusters=k, affinity=affinity).labels
+        theirs = SpectralClustering(k, affinity="precomputed", assign_labels="cluster_qr",
+                                    random_state=0).fit(clu.sat_affinity(sat, affinity)).labels_
+        assert same_partition(ours, theirs) and len(set(ours.tolist())) == k, (k, ours, theirs)
+
+
 def test_clusters_do_not_depend_on_seed_or_global_rng():
     sat, _ = block_matrix([6, 6, 6], seed=3, noise=0.4)
     runs = []
@@ -161,10 +180,33 @@ def test_kappa_matches_sklearn_and_correlates():
     for i in range(4):
         for j in range(4):
             assert kappa[i, j] == pytest.approx(cohen_kappa_score(correct[i], correct[j]))
-    assert np.isnan(consistency.kappa_matrix(np.ones((2, 5), bool))[0, 1])
     corr = consistency.kappa_sat_correlation(kappa, kappa * 2 + 1)
     assert corr["spearman_rho"] == pytest.approx(1.0) and corr["n_pairs"] == 6
     assert consistency.align(["x", "b", "a"], ["a", "b", "c"]) == (["a", "b"], pytest.approx([2, 1]))
+
+
+def test_kappa_of_perfect_and_always_wrong_models():
+    """A model's kappa with itself is 1, also at 100% or 0% accuracy, where the formula is 0/0; two models that are
+    both always right (or both always wrong) agree on every image: 1 (Geirhos et al.'s convention)."""
+    from satlab.ensemble.stats import resampled_kappa
+
+    rng = np.random.default_rng(1)
+    mixed = rng.random(40) < 0.6
+    correct = np.stack([np.ones(40, bool), np.ones(40, bool), np.zeros(40, bool), np.zeros(40, bool), mixed])
+    kappa = consistency.kappa_matrix(correct)
+    assert not np.isnan(kappa).any() and np.array_equal(kappa, kappa.T)
+    assert (np.diagonal(kappa) == 1.0).all()
+    assert kappa[0, 1] == kappa[2, 3] == 1.0  # both always right / both always wrong: p_obs = p_exp = 1
+    assert kappa[0, 2] == 0.0  # always right vs always wrong: p_obs = p_exp = 0, no convention needed
+    assert kappa[0, 4] == kappa[2, 4] == 0.0  # a constant model carries no information on which images are hard
+    assert kappa[0, 4] == pytest.approx(cohen_kappa_score(correct[0], correct[4]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn warns that 0/0 is undefined
+        assert np.isnan(cohen_kappa_score(correct[0], correct[1]))  # where scikit-learn leaves it NaN
+    first, second = np.triu_indices(5, k=1)
+    same = resampled_kappa(correct, first, second, np.ones((1, 40), np.float32))[:, 0]  # the ensemble's kappa
+    np.testing.assert_allclose(same, kappa[first, second], atol=1e-6)
+    assert np.isnan(consistency.kappa_matrix(np.ones((2, 0), bool))).all()  # no images: nothing to say
 
 
 def test_importance_finds_the_informative_component():
@@ -342,3 +384,30 @@ def test_structure_auc_and_twins_rank():
     assert "AUC 0.88" in shape.line() and "a0/a1 1" in shape.line()
     assert family_auc(sat, ["F", "G", "H", "I"])[0] is None  # no same-family pair: no AUC
     assert family_auc(np.where(np.eye(4, dtype=bool), 9, 1.0), fam)[0] == 0.5  # all ties: no structure
+
+
+def test_structure_leaves_pairs_without_a_value_out():
+    """experiment=smoke: the only same-family pair (the twins) is NaN. It must neither give AUC 0.00 nor rank first."""
+    from satlab.analysis.structure import family_auc, pair_ranks, structure
+
+    names, fam = ["a0", "a1", "b", "c"], ["F", "F", "G", "H"]
+    nan = np.nan
+    sat = np.array([[9, nan, nan, nan], [nan, 9, 3.0, 1.5], [nan, 3.0, 9, 2.5], [nan, 1.5, 2.5, 9]])
+    shape = structure(sat, names, fam, ["r", "r", "x", "y"])
+    assert shape.same_family_auc is None and (shape.n_same, shape.n_cross) == (1, 5)
+    assert (shape.missing_same, shape.missing_cross) == (1, 2) and shape.twins == [("a0", "a1", None)]
+    assert shape.line() == ("same-family vs cross-family AUC undefined (no same-family pair with a value) (1 vs 5 "
+                            "pairs; 3 pair(s) without a value left out); twins' rank of 3 pairs: a0/a1 no value")
+    ranks = pair_ranks(sat)
+    assert ranks[0, 1] == ranks[0, 2] == ranks[0, 3] == 0 and (ranks[1, 2], ranks[2, 3], ranks[1, 3]) == (1, 2, 3)
+
+    sat = np.array([[9, 4.0, 1.0, 2.0], [4.0, 9, nan, 1.5], [1.0, nan, 9, 2.5], [2.0, 1.5, 2.5, 9]])
+    # same-family a0/a1 = 4.0, b/c = 2.5 against the cross pairs with a value 1.0, 2.0, 1.5: all above
+    auc, n_same, n_cross = family_auc(sat, ["F", "F", "G", "G"])
+    assert auc == 1.0 and (n_same, n_cross) == (2, 4)
+    shape = structure(sat, names, ["F", "F", "G", "G"], ["r", "r", "x", "y"])
+    assert shape.line() == ("same-family vs cross-family AUC 1.00 (2 vs 4 pairs; 1 pair(s) without a value left "
+                            "out); twins' rank of 5 pairs: a0/a1 1")
+    assert structure(sat, names, list("FGHI"), names).line() == (
+        "same-family vs cross-family AUC undefined (no same-family pair) (0 vs 6 pairs; 1 pair(s) without a value "
+        "left out)")

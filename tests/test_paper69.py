@@ -155,3 +155,44 @@ def test_released_matrix_shows_family_structure():
     names, sat = read_matrix(REFERENCE / "SAT_release.csv")
     auc, n_same, n_cross = family_auc(0.5 * (sat + sat.T), [family[n] for n in names])
     assert (n_same, n_cross) == (845, 1501) and auc == pytest.approx(0.8137, abs=5e-4)
+
+
+# The README's 10 spectral clusters of the released matrix (`analyze.n_clusters=10`), a reference partition.
+README_CLUSTERS = [
+    "nfnet_l0 eca_nfnet_l0 botnet26t_256 resnetv2_50d_evos resnest50d gcresnext50ts eca_halonext26ts "
+    "eca_botnext26ts_256",
+    "regnety_032 fbnetv3_g efficientnet_b2 mixnet_xl rexnet_150 gcresnet50t eca_resnet33ts nf_regnet_b1",
+    "twins_pcpvt_base coat_lite_small convnext_tiny twins_svt_small jx_nest_tiny resmlp_big_24_224 swin_s3_tiny_224 "
+    "swin_tiny_patch4_window7_224",
+    "xcit_medium_24_p16_224 pit_b_224 visformer_small tnt_s_patch16_224 haloregnetz_b pit_s_224 xcit_tiny_12_p8_224",
+    "convit_base crossvit_base_240 deit_base_patch16_224 gmlp_s16_224 vit_small_patch16_224 deit_small_patch16_224 "
+    "resmlp_24_224",
+    "vit_small_r26_s32_224 ese_vovnet39b vit_base_patch32_224",
+    "halonet50ts lamhalobotnet50ts_256 sebotnet33ts_256 lambda_resnet50ts sehalonet33ts halo2botnet50ts_256",
+    "wide_resnet50_2 seresnext50_32x4d resnext50_32x4d resnetv2_50 resnet50 seresnet50 dpn107 resnetblur50 "
+    "resnetv2_101 resnet101 gluon_xception65 resnet50_gn",
+    "convmixer_1536_20 regnetx_320 hrnet_w64 dla102x2 poolformer_m48 gluon_resnet101_v1c",
+    "nf_resnet50 cspdarknet53 cspresnext50 cspresnet50",
+]
+
+
+def test_released_matrix_clusters_are_the_readme_partition_and_scikit_learns():
+    """Spectral clustering (our dense embedding, scikit-learn's CLUSTER_QR) of the released matrix gives the README's
+    10 clusters, numbered as there, and the partition of SpectralClustering(assign_labels="cluster_qr") itself;
+    the eigengap's 2 clusters split 49 models from 20."""
+    import numpy as np
+    from sklearn.cluster import SpectralClustering
+
+    from satlab.analysis.clustering import sat_affinity, spectral_clusters
+    from satlab.sat.records import read_matrix
+
+    _reference("SAT_release.csv")
+    names, sat = read_matrix(REFERENCE / "SAT_release.csv")
+    cluster_of = {m: c for c, members in enumerate(README_CLUSTERS) for m in members.split()}
+    assert sorted(cluster_of) == sorted(names)
+    labels = spectral_clusters(sat, n_clusters=10).labels
+    assert labels.tolist() == [cluster_of[n] for n in names]
+    theirs = SpectralClustering(10, affinity="precomputed", assign_labels="cluster_qr",
+                                random_state=0).fit(sat_affinity(sat)).labels_
+    assert len({(a, b) for a, b in zip(labels, theirs)}) == len(set(theirs)) == 10  # same partition, relabelled
+    assert sorted(np.bincount(spectral_clusters(sat).labels).tolist()) == [20, 49]

@@ -63,7 +63,7 @@ def main() -> None:
         acc = list(s["clean_accuracy"].values())
         white = list(s["whitebox_success"].values())
         shape = s["structure"]
-        twins = ", ".join(str(t[2]) for t in shape["twins_rank"]) or "-"
+        twins = ", ".join("no value" if t[2] is None else str(t[2]) for t in shape["twins_rank"]) or "-"
         auc = shape["same_family_auc"]
         print(f"| {name} | {' '.join(f'`{o}`' for o in SETTINGS[name]) or '(none)'} | {min(acc):.1%}-{max(acc):.1%} "
               f"| {sum(white) / len(white):.1f}% | {'n/a' if auc is None else f'{auc:.2f}'} | {twins} | "

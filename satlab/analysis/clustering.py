@@ -12,9 +12,12 @@ samples) gives W = 0 and the largest distance.
 
 Clustering: the k leading eigenvectors of the symmetric normalised affinity D^-1/2 W D^-1/2 from a dense,
 deterministic eigensolver, rescaled by D^-1/2 (the random-walk embedding, as scikit-learn's SpectralClustering
-does), then the CLUSTER_QR assignment (Damle et al., 2019), which has no random initialisation. The labels
-therefore do not depend on any seed (the result equals SpectralClustering(affinity="precomputed",
-assign_labels="cluster_qr") on W). They are renumbered 0, 1, ... by first appearance in the matrix order.
+does), then scikit-learn's CLUSTER_QR assignment (Damle et al., 2019; `sklearn.cluster._spectral.cluster_qr`,
+the function behind SpectralClustering(assign_labels="cluster_qr")), which has no random initialisation. The
+labels therefore do not depend on any seed. The partition equals SpectralClustering(affinity="precomputed",
+assign_labels="cluster_qr") on W (checked by the tests; that class computes the same eigenvectors with ARPACK,
+which needs a random start, hence our own dense eigensolver, which also gives the eigengap). The labels are
+renumbered 0, 1, ... by first appearance in the matrix order.
 Number of clusters: `n_clusters`, or the eigengap of the normalised Laplacian L = I - D^-1/2 W D^-1/2: the k in
 [2, max_clusters] that maximises lambda_{k+1} - lambda_k.
 """
@@ -87,14 +90,6 @@ def eigengap(eigenvalues: np.ndarray, max_clusters: int = 20, min_clusters: int 
     return int(ks[int(np.argmax(gaps))])
 
 
-def cluster_qr(vectors: np.ndarray) -> np.ndarray:
-    """CLUSTER_QR (Damle, Minden & Ying 2019): labels from a spectral embedding [n, k], no randomness."""
-    k = vectors.shape[1]
-    _, _, piv = scipy.linalg.qr(vectors.T, pivoting=True)
-    ut, _, v = np.linalg.svd(vectors[piv[:k], :].T)
-    return np.abs(vectors @ (ut @ v.conj())).argmax(axis=1)
-
-
 def canonical_labels(labels: np.ndarray) -> np.ndarray:
     """Renumber labels 0, 1, ... in order of first appearance."""
     mapping: dict[int, int] = {}
@@ -115,7 +110,20 @@ class Clustering:
 def spectral_clusters(
     sat: np.ndarray, n_clusters: int | None = None, max_clusters: int = 20, affinity: str = "gaussian"
 ) -> Clustering:
-    """Cluster models from their SAT matrix; `n_clusters=None` takes the eigengap's choice. Seed-free."""
+    """Cluster models from their SAT matrix (see the module docstring). Seed-free.
+
+    Args:
+        sat: [N, N] SAT matrix (NaN allowed: such a pair links nothing).
+        n_clusters: k in [2, N - 1], or None for the eigengap's choice.
+        max_clusters: the largest k the eigengap considers.
+        affinity: "gaussian" or "exp" (`sat_affinity`).
+
+    Returns:
+        Clustering with labels int [N] (0, 1, ... by first appearance), k, the eigengap's k and the N eigenvalues
+        of the normalised Laplacian (ascending).
+    """
+    from sklearn.cluster._spectral import cluster_qr  # scikit-learn >= 1.1
+
     sat = np.asarray(sat, dtype=float)
     n = sat.shape[0]
     if n_clusters is not None and not 2 <= n_clusters <= n - 1:

@@ -11,8 +11,6 @@ the two spectral clusterings (`satlab.analysis.clustering`).
 
 from __future__ import annotations
 
-import itertools
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -21,6 +19,7 @@ from scipy.stats import kendalltau, spearmanr
 from sklearn.metrics import adjusted_rand_score
 
 from satlab.analysis.clustering import spectral_clusters
+from satlab.sat.resample import mantel_test
 from satlab.utils import SatlabError
 
 MIN_MODELS = 3
@@ -76,23 +75,22 @@ def _rho(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def mantel(a: np.ndarray, b: np.ndarray, n_permutations: int = 999, seed: int = 0) -> tuple[float, int, bool]:
-    """One-sided Mantel p-value of Spearman's rho between the pairs of `a` and `b` (permuting b's models)."""
-    n = len(a)
+    """One-sided Mantel p-value of Spearman's rho between the pairs of `a` and `b` (permuting b's models).
+
+    Args:
+        a, b: [N, N] matrices over the same models in the same order (`common`).
+        n_permutations: random permutations, or all N! of them when N! <= n_permutations (then exact).
+        seed: the permutations' seed.
+
+    Returns:
+        (p, number of permutations evaluated, exact); (NaN, 0, False) when rho itself is undefined or
+        n_permutations < 1. The test itself is `satlab.sat.resample.mantel_test`.
+    """
     x = upper_pairs(a)
-    observed = _rho(x, upper_pairs(b))
-    if math.isnan(observed):
-        return float("nan"), 0, False
-    exact = math.factorial(n) <= n_permutations
-    if exact:
-        perms = (np.array(p) for p in itertools.permutations(range(n)))
-    else:
-        rng = np.random.default_rng(seed)
-        perms = (rng.permutation(n) for _ in range(n_permutations))
-    stats = np.array([_rho(x, upper_pairs(b[np.ix_(p, p)])) for p in perms])
-    count = int(np.sum(stats >= observed - 1e-12))
-    if exact:  # the identity is one of the n! permutations
-        return count / len(stats), len(stats), True
-    return (1 + count) / (1 + len(stats)), len(stats), False
+    first, second = np.triu_indices(len(b), k=1)
+    result = mantel_test(lambda pairs: np.array([_rho(x, column) for column in pairs.T]), 0.5 * (b + b.T),
+                         first, second, n_permutations, seed, alternative="greater", exact=True, block=256)
+    return result.p, result.permutations, result.exact
 
 
 def compare_matrices(names_a: Sequence[str], a: np.ndarray, names_b: Sequence[str], b: np.ndarray,

@@ -2,7 +2,14 @@
 
 kappa(A, B) = (p_obs - p_exp) / (1 - p_exp), with p_obs the share of samples on which A and B are both right or
 both wrong, and p_exp = p_A p_B + (1 - p_A)(1 - p_B) the agreement expected from their accuracies alone
-(Geirhos et al., 2020). Undefined (NaN) when p_exp = 1, i.e. both models are always right (or always wrong).
+(Geirhos et al., 2020, "error consistency").
+
+The formula is 0 / 0 when p_exp = 1, which happens exactly when both models are always right, or both always
+wrong, on the samples (then p_obs = 1 too). We set kappa = 1 there, the convention of Geirhos et al.'s own code
+(model-vs-human, `error_consistency`: kappa = 1 whenever the observed agreement is 1): two models that agree on
+every sample are perfectly consistent. In particular a model's kappa with itself is 1 by definition, also for a
+model that is 100% (or 0%) correct. A model always right against one always wrong needs no convention: p_obs =
+p_exp = 0, kappa = 0. Nothing is NaN unless there are no samples.
 """
 
 from __future__ import annotations
@@ -15,8 +22,31 @@ from scipy.stats import spearmanr
 from satlab.analysis.features import pair_targets
 
 
+def kappa_from_agreement(p_obs: np.ndarray, p_exp: np.ndarray) -> np.ndarray:
+    """Cohen's kappa from the observed and the expected agreement, elementwise (see the module docstring).
+
+    Args:
+        p_obs: float array, the share of samples both models get right or both get wrong.
+        p_exp: float array of the same shape, p_A p_B + (1 - p_A)(1 - p_B).
+
+    Returns:
+        float array of that shape; 1 where p_exp = 1 (both models always right, or both always wrong).
+    """
+    p_obs, p_exp = np.asarray(p_obs, dtype=float), np.asarray(p_exp, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p_exp >= 1.0, 1.0, (p_obs - p_exp) / (1.0 - p_exp))
+
+
 def kappa_matrix(correct: np.ndarray) -> np.ndarray:
-    """Cohen's kappa for every pair of rows of a bool matrix correct[N, S] -> float [N, N] (NaN if undefined)."""
+    """Cohen's kappa for every pair of models (error consistency).
+
+    Args:
+        correct: bool [N, S], model n classifies sample s correctly.
+
+    Returns:
+        float [N, N], symmetric, diagonal exactly 1; 1 for two models both always right (or both always wrong),
+        see the module docstring. All NaN when S = 0.
+    """
     c = np.asarray(correct, dtype=float)
     n_samples = c.shape[1]
     if n_samples == 0:
@@ -26,8 +56,8 @@ def kappa_matrix(correct: np.ndarray) -> np.ndarray:
     p_obs = both_right + both_wrong
     acc = c.mean(axis=1)
     p_exp = np.outer(acc, acc) + np.outer(1 - acc, 1 - acc)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kappa = np.where(np.isclose(p_exp, 1.0), np.nan, (p_obs - p_exp) / (1.0 - p_exp))
+    kappa = kappa_from_agreement(p_obs, p_exp)
+    np.fill_diagonal(kappa, 1.0)
     return kappa
 
 

@@ -7,6 +7,8 @@
 - p-value: a permutation test over MODEL LABELS (a Mantel test): the predictor matrix's rows and columns are
   permuted together and the correlation with the (fixed) gains recomputed; pairs that share a model are not
   independent, so permuting pairs would overstate significance. Two-sided: p = (1 + #|r_perm| >= |r|)/(1 + n_perm).
+
+Both resampling schemes are `satlab.sat.resample`'s (the same ones as the SAT CIs and `task=compare`).
 """
 
 from __future__ import annotations
@@ -15,17 +17,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from satlab.analysis.consistency import kappa_matrix
+from satlab.analysis.consistency import kappa_from_agreement, kappa_matrix
+from satlab.sat.resample import bootstrap_weights, mantel_test
 
 METHODS = ("spearman", "pearson")
 TARGETS = ("gain_best", "gain_mean")
-
-
-def bootstrap_weights(n_samples: int, n_boot: int, seed: int) -> np.ndarray:
-    """[n_boot, n_samples] float32 resampling counts (each row sums to n_samples)."""
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_samples, size=(n_boot, n_samples))
-    return np.stack([np.bincount(row, minlength=n_samples) for row in draws]).astype(np.float32)
 
 
 def resampled_accuracy(hits: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -40,14 +36,20 @@ def gains(ensemble_acc: np.ndarray, member_acc: np.ndarray, first: np.ndarray, s
 
 
 def resampled_kappa(model_hits: np.ndarray, first: np.ndarray, second: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Cohen's kappa of every pair under every resample -> [P, B] (NaN where undefined)."""
+    """Cohen's kappa of every pair under every resample -> [P, B], with `kappa_matrix`'s convention (1 for two
+    models that are both always right, or both always wrong, in a resample).
+
+    Args:
+        model_hits: bool [N, S], model n classifies image s correctly.
+        first, second: int [P], the pairs.
+        weights: float32 [B, S], the resamples' draw counts (`bootstrap_weights`).
+    """
     both = resampled_accuracy(model_hits[first] & model_hits[second], weights).astype(float)
     acc = resampled_accuracy(model_hits, weights).astype(float)
     pa, pb = acc[first], acc[second]
     p_obs = 2.0 * both + 1.0 - pa - pb
     p_exp = pa * pb + (1.0 - pa) * (1.0 - pb)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(np.isclose(p_exp, 1.0), np.nan, (p_obs - p_exp) / (1.0 - p_exp))
+    return kappa_from_agreement(p_obs, p_exp)
 
 
 def _pearson_columns(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -76,15 +78,17 @@ def column_corr(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
 
 def permutation_pvalue(target: np.ndarray, matrix: np.ndarray, first: np.ndarray, second: np.ndarray,
                        method: str, n_perm: int, seed: int) -> float:
-    """Two-sided p of corr(target, matrix[pairs]) when the matrix's model labels are permuted (see module doc)."""
-    observed = column_corr(target, matrix[first, second], method)[0]
-    if not np.isfinite(observed) or n_perm < 1:
-        return float("nan")
-    rng = np.random.default_rng(seed)
-    perms = np.stack([rng.permutation(matrix.shape[0]) for _ in range(n_perm)], axis=1)  # [N, n_perm]
-    permuted = matrix[perms[first], perms[second]]  # [P, n_perm]
-    r = column_corr(permuted, target, method)
-    return float((1 + np.sum(np.abs(r[np.isfinite(r)]) >= abs(observed) - 1e-12)) / (1 + n_perm))
+    """Two-sided Mantel p of corr(target, matrix[first, second]) when the matrix's model labels are permuted.
+
+    Args:
+        target: [P] the fixed pair values (the gains).
+        matrix: [N, N] the predictor (SAT or kappa), whose rows and columns are permuted together.
+        first, second: int [P], the pairs.
+        method: "spearman" or "pearson".
+        n_perm, seed: random permutations and their seed (`satlab.sat.resample.mantel_test`); n_perm < 1: NaN.
+    """
+    return mantel_test(lambda pairs: column_corr(pairs, target, method), matrix, first, second, n_perm, seed,
+                       alternative="two-sided").p
 
 
 def correlation_table(pair_hits: np.ndarray, model_hits: np.ndarray, first: np.ndarray, second: np.ndarray,
@@ -94,7 +98,7 @@ def correlation_table(pair_hits: np.ndarray, model_hits: np.ndarray, first: np.n
     s = pair_hits.shape[1]
     ones = np.ones((1, s), dtype=np.float32)
     point = gains(resampled_accuracy(pair_hits, ones)[:, 0], resampled_accuracy(model_hits, ones)[:, 0], first, second)
-    weights = bootstrap_weights(s, n_boot, seed)
+    weights = bootstrap_weights(s, n_boot, np.random.default_rng(seed))
     boot = gains(resampled_accuracy(pair_hits, weights), resampled_accuracy(model_hits, weights), first, second)
     kappa = kappa_matrix(model_hits)
     predictors = {"sat": (np.asarray(sat, float), np.asarray(sat, float)[first, second]),

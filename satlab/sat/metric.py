@@ -14,6 +14,8 @@ import warnings
 
 import numpy as np
 
+from satlab.sat.resample import bootstrap_weights
+
 DEFAULT_EPS_S = 1e-8
 
 
@@ -81,12 +83,6 @@ def zero_rate_bound(n_joint: np.ndarray) -> np.ndarray:
         return np.where(n_joint > 0, 300.0 / (2.0 * n_joint), np.nan)
 
 
-def bootstrap_weights(n_samples: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """How often each sample is drawn in `n_boot` resamples (with replacement) of `n_samples`: float32 [n_boot, S]."""
-    draws = rng.integers(0, n_samples, size=(n_boot, n_samples)) + n_samples * np.arange(n_boot)[:, None]
-    return np.bincount(draws.ravel(), minlength=n_boot * n_samples).reshape(n_boot, n_samples).astype(np.float32)
-
-
 def sat_bootstrap(
     correct: np.ndarray,
     fooled: np.ndarray,
@@ -98,8 +94,9 @@ def sat_bootstrap(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap CI of every pair's SAT over images -> (low, high), symmetric float [N,N].
 
-    Each resample draws S images with replacement (seeded generator) and recomputes every pair's SAT with the
-    same formula (X_AB, the eps_s floor); the CI is the ((1-level)/2, (1+level)/2) percentiles of the resamples.
+    Each resample draws S images with replacement (`satlab.sat.resample.bootstrap_weights`, one generator seeded
+    with `seed`, `chunk` resamples at a time) and recomputes every pair's SAT with the same formula (X_AB, the
+    eps_s floor); the CI is the ((1-level)/2, (1+level)/2) percentiles of the resamples.
     Vectorised: per pair, |X_AB| and the fooled count of a resample are dot products of per-image indicators with
     the resample's draw counts, so all pairs x resamples are two float32 matmuls (exact: every sum < 2^24).
     NaN where X_AB is empty in every resample; resamples with an empty X_AB are left out. A pair with no event at
