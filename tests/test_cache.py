@@ -242,7 +242,7 @@ def test_sat_task_refuses_a_bad_cache_dir_before_any_work(tmp_path, monkeypatch)
     from satlab.cli import run
     from satlab.tasks import sat
 
-    monkeypatch.setattr(sat, "load_models", lambda *a, **k: pytest.fail("models loaded before the cache check"))
+    monkeypatch.setattr(sat, "open_models", lambda *a, **k: pytest.fail("models opened before the cache check"))
     (tmp_path / "cache").write_text("a file")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke", f"paths.cache_dir={tmp_path / 'cache'}",
