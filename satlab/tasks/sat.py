@@ -117,7 +117,8 @@ class MapResults:
             "min_joint_correct": int(metric.joint_correct(self.records.correct).min()),
             "floored_pairs": self.floored,
             "structure": {"same_family_auc": shape.same_family_auc, "same_family_pairs": shape.n_same,
-                          "cross_family_pairs": shape.n_cross, "twins_rank": [list(t) for t in shape.twins]},
+                          "cross_family_pairs": shape.n_cross, "twins_rank": [list(t) for t in shape.twins],
+                          "pairs_without_value": shape.missing_same + shape.missing_cross},
             "zoo": {name: models.info(i) for i, name in enumerate(models.names) if models.info(i)},
         }
 
