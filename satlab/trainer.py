@@ -9,7 +9,8 @@ The settings are `conf/trainer` (a `_target_` node, `pytorch_lightning.Trainer` 
     >>> trainer.max_epochs
     1
 
-A mapping without `_target_` builds `pytorch_lightning.Trainer`. Keyword overrides win over the settings; an
+A mapping without `_target_` builds `pytorch_lightning.Trainer`; options it leaves out are Lightning's defaults,
+except that no logger, checkpoint or model summary is written unless asked for. Keyword overrides win over the settings; an
 override `callbacks=[...]` replaces the configured callbacks (the engine and prediction passes run no user
 callbacks). Hydra is imported lazily (`hydra.utils.instantiate`), so the library imports without it.
 """
@@ -37,7 +38,8 @@ def build_trainer(settings: Mapping[str, Any] | None = None, **overrides: Any) -
     """A Trainer from `settings` (see the module docstring) with `overrides`; bad options -> one SatlabError."""
     from hydra.utils import instantiate
 
-    node = dict(plain(settings) or {})
+    # satlab writes its own files: no Lightning logger, checkpoints or summaries unless the settings ask for them
+    node = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False, **(plain(settings) or {})}
     node.setdefault("_target_", DEFAULT_TARGET)
     node.pop("_partial_", None)
     callbacks = node.pop("callbacks", None) or {}
