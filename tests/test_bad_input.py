@@ -76,7 +76,7 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
      "train.recipe.loss: label_smoothing must be between 0.0 and 1.0"),
     (["task=train", "train.recipe.epochs=0"], "train.recipe.epochs=0 must be an integer >= 1"),
     (["task=train", "train.recipe.val_fraction=1"], "train.recipe.val_fraction=1 must be a number in [0, 1)"),
-    (["task=train", "+train.recipe.scheduler_interval=batch"],
+    (["task=train", "train.recipe.scheduler_interval=batch"],
      "train.recipe.scheduler_interval=batch is unknown; choose one of step, epoch"),
     (["task=train", "train.recipe.augment.max_shift=-1"], "train.recipe.augment.max_shift=-1 must be an integer >= 0"),
     (["task=train", "+train.recipe.nosuch=1"], "train.recipe.nosuch is not a recipe key; known: epochs, batch_size"),
@@ -94,9 +94,17 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["model_set.models=[test_resnet]"], "has 1 model(s); SAT compares pairs"),
     (["model_set.models=[test_resnet,test_resnet]"], "lists test_resnet more than once"),
     (["dataset.resolution=30"], "model 'test_vit' cannot take the dataset's 30 x 30 images"),
-    (["+model_set.catalog.test_resnet.checkpoint_path={ckpt7}"], "does not fit the model built for the dataset's 10"),
+    (["+model_set.catalog.test_resnet.checkpoint_path={ckpt7}"], "does not fit the model built for 10 classes"),
     (["model_set=paper69", "model_set.models=[resnet50,vit_small_patch16_224]"],
      "predicts 1000 classes but the dataset has 10"),
+    (["model_set=timm", "model_set.pretrained=false", "model_set.models=[test_resnet,test_vti,resnt50]"],
+     "unknown model 'test_vti' (not a timm architecture); did you mean test_vit"),
+    (["model_set=timm", "model_set.pretrained=false", "model_set.models=[convnext_tiny.fb_in1kk,test_resnet]"],
+     "unknown pretrained tag 'fb_in1kk' in model 'convnext_tiny.fb_in1kk'; did you mean convnext_tiny.fb_in1k"),
+    (["model_set=timm", "model_set.pretrained=false", "model_set.filter=tset_*"],
+     "model_set.filter=tset_* matches no timm model; did you mean test_*?"),
+    (["model_set=timm", "model_set.filter=test_mambaout"], "but none has pretrained weights; set model_set.pretrained"),
+    (["model_set=timm"], "has 0 model(s); SAT compares pairs, so list at least 2 under model_set.models=[a,b,...] or"),
     # data
     (["dataset=imagefolder"], "dataset.root is required"),
     (["dataset=imagefolder", "dataset.root=/no/such/folder"], "dataset.root '/no/such/folder' is not an existing"),
@@ -214,3 +222,24 @@ def test_unwritable_run_folder(mode, tmp_path, monkeypatch, capsys):
         assert_one_line_error(code, err, f"cannot create the run folder '{folder}' ({reason}")
         assert err.strip().endswith(f"; set {key}=<a writable folder>"), err
     assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+def test_offline_missing_pretrained_weights_one_line(tmp_path, monkeypatch, capsys, tiny_imagenet):
+    """HF_HUB_OFFLINE and an empty Hugging Face cache: every missing model in the one line, at once (timm would
+    retry on the first model and name only it); the paper's 68 models the same way."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    common = [f"dataset.root={tiny_imagenet}", "dataset.samples_per_class=1", "trainer.accelerator=cpu",
+              f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    code, _, err = run_cli(["model_set=timm", "dataset=imagenet", "model_set.filter=test_*", *common],
+                           monkeypatch, capsys)
+    line = assert_one_line_error(code, err, "pretrained weights of 13 model(s) are not in the local cache and "
+                                            "HF_HUB_OFFLINE is set: test_byobnet.r160_in1k (hf-hub:timm/")
+    assert " and 3 more; fetch them on a machine with internet" in line
+    code, _, err = run_cli(["experiment=paper69_imagenet", *common], monkeypatch, capsys)
+    assert_one_line_error(code, err, "pretrained weights of 68 model(s) are not in the local cache and HF_HUB_OFFLINE "
+                                     "is set: nfnet_l0 (hf-hub:timm/nfnet_l0.ra2_in1k), ")
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+import yaml
 from safetensors.torch import save_file
 from timm.data import resolve_model_data_config
 
 from satlab.models.factory import build_model, check_arch, data_overrides, read_checkpoint
-from satlab.models.specs import COMPONENTS, ModelSpec, model_specs
+from satlab.models.hub import pretrained_source
+from satlab.models.specs import COMPONENTS, ModelSpec, filtered_names, model_specs, timm_family
 from satlab.models.wrapper import PixelModel
 from satlab.utils import SatlabError
 
@@ -277,7 +280,7 @@ def test_model_specs_resolves_catalog():
     r, vit = specs
     assert r.timm_name == "test_resnet" and r.family == "resnet" and r.model_args == {"drop_rate": 0.1}
     assert r.components == {"base_architecture": "resnet", "normalization": "bn"} and r.input_size == 64
-    assert vit.timm_name == "test_vit" and vit.family == "unknown" and vit.input_size == "dataset"
+    assert vit.timm_name == "test_vit" and vit.family == "Transformer" and vit.input_size == "dataset"
     assert not r.pretrained and r.checkpoint_path is None
 
 
@@ -308,3 +311,67 @@ def test_model_specs_accepts_every_component():
     specs = model_specs({"models": ["a", "b"], "uncatalogued": "random",
                          "catalog": {"a": {"components": {c: "x" for c in COMPONENTS}}}})
     assert set(specs[0].components) == set(COMPONENTS) and len(COMPONENTS) == 13
+
+
+# --- model_set=timm: families from architecture names, filters, tags --------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_timm_family_never_contradicts_the_paper():
+    """The prefix table agrees with the paper's base architecture on every paper69 model it names (most of them);
+    the others (PiT, which the paper labels both ways) keep their architecture name."""
+    catalog = yaml.safe_load((ROOT / "conf" / "model_set" / "paper69.yaml").read_text())["catalog"]
+    named = 0
+    for name, entry in catalog.items():
+        timm_name = entry.get("timm_name", name)
+        family, arch = timm_family(timm_name), timm_name.split(".")[0]
+        assert family in (entry["components"]["base_architecture"], arch), (name, family)
+        named += family != arch
+    assert named >= 65 and timm_family("pit_b_224.in1k") == "pit_b_224"
+    assert [timm_family(n) for n in ("test_resnet", "test_vit", "test_efficientnet", "convnext_tiny.fb_in1k",
+                                     "mixer_b16_224", "vit_small_r26_s32_224", "swin_s3_tiny_224")] == \
+        ["CNN", "Transformer", "NAS (CNN)", "CNN", "MLP-Mixer", "Hybrid", "NAS (TFM)"]
+
+
+def test_timm_model_set_specs():
+    """model_set=timm: plain timm names (tags allowed) or a filter; pretrained per model_set.pretrained."""
+    cfg = yaml.safe_load((ROOT / "conf" / "model_set" / "timm.yaml").read_text())
+    specs = model_specs({**cfg, "models": ["test_resnet", "convnext_tiny.fb_in1k"]})
+    assert [(s.timm_name, s.family, s.pretrained, s.components) for s in specs] == \
+        [("test_resnet", "CNN", True, {}), ("convnext_tiny.fb_in1k", "CNN", True, {})]
+    random = model_specs({**cfg, "pretrained": False, "filter": "test_conv*", "exclude": ["*3"]})
+    assert [s.name for s in random] == ["test_convnext", "test_convnext2"] and not random[0].pretrained
+    tagged = filtered_names({**cfg, "filter": ["test_vit", "test_resnet"]})  # with weights: one name per tag
+    assert tagged == ["test_resnet.r160_in1k", "test_vit.r160_in1k"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"filter": "tset_*", "pretrained": False},
+         r"model_set.filter=tset_\* matches no timm model; did you mean test_\*\?"),
+        ({"filter": "convnxt*"}, r"matches no timm model with pretrained weights; did you mean convnext\*\?"),
+        ({"filter": "test_mambaout"}, r"matches 1 timm architecture\(s\) \(test_mambaout\) but none has pretrained"),
+        ({"filter": "test_vit*", "exclude": "*"}, r"selects no timm model once model_set.exclude=\* is applied"),
+        ({"exclude": "test_*"}, r"model_set.exclude removes names from model_set.filter's"),
+        ({"filter": 3}, r"model_set.filter=3 must be an fnmatch pattern"),
+        ({"filter": "test_vit*", "models": ["test_resnet"]}, r"model_set.models and model_set.filter are both given"),
+        ({}, r"model set 'timm' has 0 model\(s\).*or select timm names with model_set.filter"),
+    ],
+)
+def test_timm_model_set_errors(changes, match):
+    cfg = {**yaml.safe_load((ROOT / "conf" / "model_set" / "timm.yaml").read_text()), **changes}
+    with pytest.raises(SatlabError, match=match):
+        model_specs(cfg)
+
+
+def test_unknown_tags_and_missing_weights_are_named():
+    with pytest.raises(SatlabError, match=r"unknown pretrained tag 'fb_in1kk' in model 'convnext_tiny.fb_in1kk'; "
+                                          r"did you mean convnext_tiny.fb_in1k, .*its tags: "):
+        check_arch("convnext_tiny.fb_in1kk")
+    with pytest.raises(SatlabError, match=r"'test_mambaout.x'; it has no pretrained tags"):
+        check_arch("test_mambaout.x")
+    # timm would log a warning and go on with random weights
+    with pytest.raises(SatlabError, match=r"model 'm': timm has no pretrained weights for 'test_mambaout'"):
+        pretrained_source(ModelSpec("m", "test_mambaout", pretrained=True))

@@ -30,12 +30,22 @@ from satlab.utils import SatlabError
 
 
 def check_arch(timm_name: str) -> str:
-    """The architecture part of `timm_name` ('resnet50.a1_in1k' -> 'resnet50'); unknown -> SatlabError."""
-    arch = timm_name.split(".", 1)[0]
+    """The architecture part of `timm_name` ('resnet50.a1_in1k' -> 'resnet50'); an unknown architecture or
+    pretrained tag -> SatlabError naming close matches (timm's names, difflib)."""
+    arch, _, tag = timm_name.partition(".")
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=4, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; `timm.list_models()` lists the known names"
         raise SatlabError(f"unknown model '{timm_name}' (not a timm architecture){hint}")
+    if tag:
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        if tag not in tags:
+            close = difflib.get_close_matches(tag, tags, n=3, cutoff=0.5)
+            known = "it has no pretrained tags (drop the tag)"
+            if tags:
+                known = f"its tags: {', '.join(tags[:8])}{', ...' if len(tags) > 8 else ''}"
+            hint = f"did you mean {', '.join(f'{arch}.{c}' for c in close)}? " if close else ""
+            raise SatlabError(f"unknown pretrained tag '{tag}' in model '{timm_name}'; {hint}{known}")
     return arch
 
 

@@ -7,10 +7,13 @@ Each model has a *source*, the object that knows where its weights come from:
     ZooSource      satlab.train.zoo: trained by satlab on the dataset's train split, cached by content
     TrainedSource  satlab.train.finetune: a model a `task=train` run fine-tuned (`model_set.trained_from`)
 
-A source can `check()` what is knowable before any model is built (names, class counts, recipes), may know its
-model's content key without building it (`stored_key`: stored beside cached weights or in a manifest), and
-`load()`s the model. The set asks each source once and remembers the keys (a key it has to compute is computed
-once, from the built model). `satlab.train.open_model_set` opens a set from a model-set config.
+A source can `check()` what is knowable before any model is built (names, class counts, recipes), may say which
+weights it would download (`download`: a TimmSource whose pretrained weights are not in the local cache), may
+know its model's content key without building it (`stored_key`: stored beside cached weights or in a manifest),
+and `load()`s the model. `ModelSet.check()` checks every source, then every pending download at once
+(`satlab.models.hub.check_downloads`: offline, one error names them all). The set asks each source once and
+remembers the keys (a key it has to compute is computed once, from the built model). `satlab.train.open_model_set`
+opens a set from a model-set config.
 
     >>> models = ModelSet([TimmSource(spec, num_classes=10, resolution=32) for spec in specs])
     >>> models.check()                        # every model, before anything is built
@@ -26,13 +29,15 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Protocol, Sequence
 
 from satlab.models.factory import build_model, check_arch, check_classes
+from satlab.models.hub import Download, check_downloads, pending_download, pretrained_source
 from satlab.models.specs import ModelSpec
 from satlab.models.wrapper import PixelModel
 from satlab.utils import SatlabError
 
 
 class Source(Protocol):
-    """Where one model's weights come from."""
+    """Where one model's weights come from. A source that may fetch weights from the network also has
+    `download() -> Download | None`: what `load` would fetch (None: nothing, or already cached)."""
 
     spec: ModelSpec
 
@@ -54,8 +59,14 @@ class TimmSource:
 
     def check(self) -> None:
         check_arch(self.spec.timm_name)
+        if self.spec.pretrained and not self.spec.checkpoint_path:
+            pretrained_source(self.spec)  # timm has pretrained weights for it
         if self.num_classes is not None:
             check_classes(self.spec, self.num_classes)
+
+    def download(self) -> Download | None:
+        """The pretrained weights not in the local cache (`satlab.models.hub.pending_download`)."""
+        return pending_download(self.spec)
 
     def stored_key(self) -> str | None:
         return None
@@ -114,9 +125,23 @@ class ModelSet:
         return [s.spec.name for s in self.sources]
 
     def check(self) -> None:
-        """Check every model before any is built (a bad name or class count fails in a second, not after hours)."""
+        """Check every model before any is built (a bad name or class count fails in a second, not after hours),
+        then every pretrained download at once (offline, one error names every model whose weights are missing).
+
+        Raises SatlabError: the first failing model's message, naming the other models that fail too.
+        """
+        failed: list[tuple[str, str]] = []
         for source in self.sources:
-            source.check()
+            try:
+                source.check()
+            except SatlabError as err:
+                failed.append((source.spec.name, str(err)))
+        if failed:
+            others = [name for name, _ in failed[1:]]
+            shown = ", ".join(others[:10]) + (", ..." if len(others) > 10 else "")
+            also = f" ({len(others)} more model(s) fail their checks too: {shown})" if others else ""
+            raise SatlabError(failed[0][1] + also)
+        check_downloads([d for s in self.sources if (d := getattr(s, "download", lambda: None)()) is not None])
 
     def key(self, i: int) -> str:
         """Model i's content key: stored, or computed once from the built model (which is then kept for `use`)."""

@@ -153,7 +153,7 @@ SCHEMA: dict[str, Key] = {
     "trainer.barebones": BOOL,
     # model sets
     "model_set.pretrained": BOOL,
-    "model_set.uncatalogued": Key("choice", choices=("refuse", "random", "pretrained")),
+    "model_set.uncatalogued": Key("choice", choices="satlab.models.specs:UNCATALOGUED"),
     "model_set.input_size": Key("int", 1, nullable=True, null_means="timm's data config", words=("dataset",)),
     "model_set.catalog.*.pretrained": BOOL,
     "model_set.catalog.*.train_seed": Key("int", 0, SEED_HIGH, nullable=True, null_means="not a zoo model"),

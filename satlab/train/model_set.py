@@ -32,7 +32,9 @@ def open_model_set(
     names: Sequence[str] | None = None,
     own_heads: bool = False,
 ) -> ModelSet:
-    """The models of `model_set` (a model-set config) for `data`, checked, none built yet.
+    """The models of `model_set` (a model-set config) for `data`, checked, none built yet: `ModelSet.check()`
+    names every model that fails (timm names and tags, class counts, recipes), then every pretrained download that
+    cannot happen (offline), before anything is built, trained or downloaded.
 
     Args:
         model_set: the `model_set` config node (models, catalog, train recipe, trained_from, ...).
