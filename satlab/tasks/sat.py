@@ -39,11 +39,13 @@ def run(cfg: DictConfig) -> dict:
     attack = build(cfg, "attack")
     start = time.perf_counter()
     data = eval_data(cfg, attack)
+    timings = {"data": time.perf_counter() - start}
     log.info("attack %s", attack.summary())  # the budget used; attack.notes say what was adjusted
+    start = time.perf_counter()
     models = open_models(cfg, data)
     model_list = [] if assemble else models.load_all()
     keys = models.keys()
-    timings = {"models": time.perf_counter() - start}
+    timings["models"] = time.perf_counter() - start
 
     start = time.perf_counter()
     engine = dict(seed=int(cfg.seed), trainer_cfg=trainer_config(cfg))
