@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,43 +159,68 @@ def records_extras(kappa_inputs, names: list[str], eps_s: float, acfg: DictConfi
     return n_joint, ci, info
 
 
+@dataclass
+class MapInputs:
+    """A checked SAT matrix with what it comes with: names, raw and floored values, metadata, records extras."""
+
+    path: Path
+    names: list[str]
+    raw: np.ndarray
+    sat: np.ndarray  # what the analyses use: floored cells kept from dominating
+    floored: np.ndarray
+    floor_info: dict
+    components: dict
+    families: dict
+    sources: dict
+    kappa_inputs: Any
+    ci: Any
+    ci_info: dict
+
+
+def read_inputs(cfg: DictConfig, out_dir: Path) -> MapInputs:
+    """Find, read and check the matrix and everything the analyses take from beside it (before any output)."""
+    acfg = cfg.analyze
+    path = find_matrix(acfg.get("matrix"), out_dir)
+    names, raw = read_matrix(path, symmetric_tol=float(acfg.symmetric_tol))
+    if len(names) < 3:
+        raise SatlabError(f"matrix '{path}' has {len(names)} model(s); the analysis needs at least 3 "
+                          "(two models give one pair: nothing to compare)")
+    raw = features.symmetrize(raw)
+    eps_s = find_eps_s(acfg.get("eps_s"), path)
+    floored = metric.floored(raw, eps_s)
+    if problem := floors.no_information(raw, floored):
+        raise SatlabError(f"matrix '{path}' has nothing to analyse: {problem}")
+    _check_options(acfg, len(names), int(np.isfinite(features.pair_targets(raw)).sum()))
+    components, families, sources = load_metadata(cfg, names, path)
+    kappa_inputs = load_kappa_inputs(acfg.get("records"), path, names, raw, eps_s)
+    n_joint, ci, ci_info = records_extras(kappa_inputs, names, eps_s, acfg)
+    sat = floors.floor_values(raw, floored, n_joint)
+    floor_info = {"eps_s": eps_s, "pairs": floors.floored_pairs(names, floored),
+                  "rule": floors.describe(raw, floored, n_joint is not None)}
+    if problem := floors.no_information(sat, np.zeros_like(floored)):
+        raise SatlabError(f"matrix '{path}' has nothing to analyse once floored pairs are set to "
+                          f"{floor_info['rule']}: {problem}")
+    return MapInputs(path, names, raw, sat, floored, floor_info, components, families, sources, kappa_inputs, ci,
+                     ci_info)
+
+
 def run(cfg: DictConfig) -> dict:
     """Analyse a SAT matrix; returns the summary written to summary.json."""
     acfg = cfg.analyze
     check_section(cfg, "analyze")  # types and ranges (satlab.tasks.checks); the CLI checked them already
-    map_method = str(acfg.get("map", "mds"))
-    timings: dict[str, float] = {}
     start = time.perf_counter()
     out_dir = output_dir(cfg)
-    matrix_path = find_matrix(acfg.get("matrix"), out_dir)
-    names, raw = read_matrix(matrix_path, symmetric_tol=float(acfg.symmetric_tol))
-    if len(names) < 3:
-        raise SatlabError(f"matrix '{matrix_path}' has {len(names)} model(s); the analysis needs at least 3 "
-                          "(two models give one pair: nothing to compare)")
-    raw = features.symmetrize(raw)
-    eps_s = find_eps_s(acfg.get("eps_s"), matrix_path)
-    floored = metric.floored(raw, eps_s)
-    if problem := floors.no_information(raw, floored):
-        raise SatlabError(f"matrix '{matrix_path}' has nothing to analyse: {problem}")
-    _check_options(acfg, len(names), int(np.isfinite(features.pair_targets(raw)).sum()))
-    components, families, sources = load_metadata(cfg, names, matrix_path)
-    kappa_inputs = load_kappa_inputs(acfg.get("records"), matrix_path, names, raw, eps_s)
-    n_joint, ci, ci_info = records_extras(kappa_inputs, names, eps_s, acfg)
-    sat = floors.floor_values(raw, floored, n_joint)  # what the analyses use: floored cells kept from dominating
-    floor_info = {"eps_s": eps_s, "pairs": floors.floored_pairs(names, floored),
-                  "rule": floors.describe(raw, floored, n_joint is not None)}
-    if problem := floors.no_information(sat, np.zeros_like(floored)):
-        raise SatlabError(f"matrix '{matrix_path}' has nothing to analyse once floored pairs are set to "
-                          f"{floor_info['rule']}: {problem}")
+    inputs = read_inputs(cfg, out_dir)
     if (out_dir / "summary.json").is_file() and (out_dir / "sat_matrix.csv").is_file():
         out_dir = out_dir / "analyze"  # inside a task=sat run dir: keep its summary.json
-    timings["load"] = time.perf_counter() - start
+    timings = {"load": time.perf_counter() - start}
+    names, sat = inputs.names, inputs.sat
 
     tick = time.perf_counter()
-    table, dropped = features.component_table(components, names)
+    table, dropped = features.component_table(inputs.components, names)
     pairs = features.pair_features(table)
     pairs.insert(2, "sat", features.pair_targets(sat))
-    pairs.insert(3, "floored", features.pair_targets(floored).astype(bool))
+    pairs.insert(3, "floored", features.pair_targets(inputs.floored).astype(bool))
     seeds = [int(acfg.seed) + i for i in range(int(acfg.importance_seeds))]
     imp = importance.component_importance(
         pairs[list(table.columns)], pairs["sat"].to_numpy(), seeds=seeds, model=str(acfg.importance_model),
@@ -207,20 +233,49 @@ def run(cfg: DictConfig) -> dict:
         log.info("analyze.max_clusters=%s: the eigengap searches up to %d clusters (number of models - 1)",
                  acfg.max_clusters, max_clusters)
     result = clu.spectral_clusters(sat, acfg.get("n_clusters"), max_clusters, str(acfg.affinity))
-    coords = clu.model_map(clu.sat_distance(sat), map_method, int(acfg.seed))
-    clusters = pd.DataFrame({"model": names, "cluster": result.labels, "family": [families[n] for n in names]})
+    coords = clu.model_map(clu.sat_distance(sat), str(acfg.map), int(acfg.seed))
+    clusters = pd.DataFrame({"model": names, "cluster": result.labels,
+                             "family": [inputs.families[n] for n in names]})
     timings["clustering"] = time.perf_counter() - tick
 
-    kappa_info = None
-    if kappa_inputs is not None:
-        rec_path, records, shared, rows = kappa_inputs
-        kappa = consistency.kappa_matrix(records.correct[rows])
+    kappa = kappa_info = None
+    if inputs.kappa_inputs is not None:
+        rec_path, records, shared, rows = inputs.kappa_inputs
         idx = [names.index(n) for n in shared]
+        kappa = (shared, consistency.kappa_matrix(records.correct[rows]), idx)
         kappa_info = {"records": str(rec_path), "n_models": len(shared), "n_samples": int(records.correct.shape[1]),
-                      **consistency.kappa_sat_correlation(kappa, sat[np.ix_(idx, idx)])}
+                      **consistency.kappa_sat_correlation(kappa[1], sat[np.ix_(idx, idx)])}
 
     tick = time.perf_counter()
-    stats = report.matrix_summary(names, sat, top=int(acfg.top_pairs), floored=floored, ci=ci)
+    stats = report.matrix_summary(names, sat, top=int(acfg.top_pairs), floored=inputs.floored, ci=inputs.ci)
+    files, figures = write_outputs(cfg, out_dir, inputs, imp, dropped, pairs, result, clusters, coords, stats,
+                                   kappa, kappa_info)
+    timings["write"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - start
+
+    members = report.cluster_members(clusters)
+    extra = {
+        "matrix": str(inputs.path.resolve()), "n_models": len(names),
+        "metadata_sources": pd.Series(inputs.sources).value_counts().to_dict(),
+        "dropped_components": dropped, "matrix_stats": stats,
+        "importance": {"model": imp.model, "seeds": seeds, "r2": imp.r2, "n_pairs": imp.n_pairs, "note": imp.note,
+                       "ranking": imp.table["component"].tolist(),
+                       "linear_ranking": imp.linear_table["component"].tolist()},
+        "clusters": {"n_clusters": result.n_clusters, "eigengap_k": result.eigengap_k, "affinity": result.affinity,
+                     "max_clusters_used": max_clusters, "sizes": [len(m) for _, m, _ in members]},
+        "floors": {**inputs.floor_info, "n_floored_pairs": len(inputs.floor_info["pairs"])}, "ci": inputs.ci_info,
+        "kappa": kappa_info, "files": {k: Path(v).name for k, v in files.items()},
+    }
+    summary_path = write_summary(out_dir, cfg, timings, **extra)
+    track(cfg, out_dir, imp, result, clusters, stats, extra["kappa"], figures, [*files.values(), summary_path])
+    _print_results(imp, members, result, extra["kappa"], out_dir, inputs.floor_info, stats, inputs.ci_info)
+    return extra
+
+
+def write_outputs(cfg: DictConfig, out_dir: Path, inputs: MapInputs, imp, dropped, pairs, result, clusters, coords,
+                  stats, kappa, kappa_info) -> tuple[dict, dict]:
+    """The CSVs, figures and report.md of an analysis; returns (files, figures) by name."""
+    names = inputs.names
     files = {
         "component_importance": write_csv(out_dir / "component_importance.csv", imp.table, float_format="%.6g"),
         "pair_features": write_csv(out_dir / "pair_features.csv", pairs, float_format="%.10g"),
@@ -229,43 +284,32 @@ def run(cfg: DictConfig) -> dict:
     figures = {
         "Component importance": plots.plot_importance(imp.table, out_dir / "importance.png",
                                                       f"Component importance ({imp.model})"),
-        "SAT sorted by cluster": plots.plot_cluster_heatmap(names, raw, result.labels,
-                                                            out_dir / "clusters_heatmap.png", floored),
+        "SAT sorted by cluster": plots.plot_cluster_heatmap(names, inputs.raw, result.labels,
+                                                            out_dir / "clusters_heatmap.png", inputs.floored),
         "Model map": plots.plot_model_map(names, coords, result.labels, out_dir / "model_map.png",
-                                          method=map_method),
+                                          method=str(cfg.analyze.map)),
         "Eigenvalues and eigengap": plots.plot_eigenvalues(result.eigenvalues, result.n_clusters, result.eigengap_k,
                                                            out_dir / "eigengap.png"),
     }
-    if kappa_info is not None:
-        files["kappa_matrix"] = write_matrix(out_dir / "kappa_matrix.csv", shared, kappa)
+    if kappa is not None:
+        shared, matrix, idx = kappa
+        files["kappa_matrix"] = write_matrix(out_dir / "kappa_matrix.csv", shared, matrix)
         figures["Error consistency vs SAT"] = plots.plot_kappa_vs_sat(
-            kappa, sat[np.ix_(idx, idx)], kappa_info["spearman_rho"], out_dir / "kappa_vs_sat.png")
-    n_sources = pd.Series(sources).value_counts().to_dict()
+            matrix, inputs.sat[np.ix_(idx, idx)], kappa_info["spearman_rho"], out_dir / "kappa_vs_sat.png")
+    n_sources = pd.Series(inputs.sources).value_counts().to_dict()
     source_text = ", ".join(f"{src} for {n} models" for src, n in n_sources.items())
     text = report.build_report(
-        matrix_path=str(matrix_path), stats=stats, importance=imp, dropped=dropped, clustering=result,
+        matrix_path=str(inputs.path), stats=stats, importance=imp, dropped=dropped, clustering=result,
         clusters=clusters, kappa=kappa_info, figures={k: Path(v).name for k, v in figures.items()},
-        command=command_line(), config_yaml=_config_yaml(cfg), metadata_source=source_text, floors=floor_info,
-        ci_info=ci_info)
+        command=command_line(), config_yaml=_config_yaml(cfg), metadata_source=source_text,
+        floors=inputs.floor_info, ci_info=inputs.ci_info)
     files["report"] = write_text(out_dir / "report.md", text)
     files.update({Path(p).stem: Path(p) for p in figures.values()})
-    timings["write"] = time.perf_counter() - tick
-    timings["total"] = time.perf_counter() - start
+    return files, figures
 
-    members = report.cluster_members(clusters)
-    extra = {
-        "matrix": str(matrix_path.resolve()), "n_models": len(names), "metadata_sources": n_sources,
-        "dropped_components": dropped, "matrix_stats": stats,
-        "importance": {"model": imp.model, "seeds": seeds, "r2": imp.r2, "n_pairs": imp.n_pairs, "note": imp.note,
-                       "ranking": imp.table["component"].tolist(),
-                       "linear_ranking": imp.linear_table["component"].tolist()},
-        "clusters": {"n_clusters": result.n_clusters, "eigengap_k": result.eigengap_k, "affinity": result.affinity,
-                     "max_clusters_used": max_clusters, "sizes": [len(m) for _, m, _ in members]},
-        "floors": {**floor_info, "n_floored_pairs": len(floor_info["pairs"])}, "ci": ci_info,
-        "kappa": kappa_info, "files": {k: Path(v).name for k, v in files.items()},
-    }
-    summary_path = write_summary(out_dir, cfg, timings, **extra)
 
+def track(cfg: DictConfig, out_dir: Path, imp, result, clusters, stats, kappa_info, figures, files) -> None:
+    """The analysis on wandb (offline by default): headline numbers, tables, figures, files."""
     tracker = start_tracking(cfg, "analyze", out_dir)
     tracker.log({"importance/r2_ensemble": imp.r2["ensemble_mean"], "importance/r2_linear": imp.r2["linear_mean"],
                  "clusters/n_clusters": result.n_clusters, "clusters/eigengap_k": result.eigengap_k,
@@ -273,14 +317,11 @@ def run(cfg: DictConfig) -> dict:
                                                    if kappa_info else {})})
     tracker.log_table("component_importance", imp.table)
     tracker.log_table("clusters", clusters)
-    for key, path in figures.items():
+    for path in figures.values():
         tracker.log_image(Path(path).stem, path)
     tracker.summary({"n_clusters": result.n_clusters, "top_component": imp.table["component"].head(1).tolist()})
-    tracker.log_artifact("sat-analysis", "analysis", [*files.values(), summary_path])
+    tracker.log_artifact("sat-analysis", "analysis", files)
     tracker.finish()
-
-    _print_results(imp, members, result, kappa_info, out_dir, floor_info, stats, ci_info)
-    return extra
 
 
 def _print_results(imp, members, result, kappa_info, out_dir: Path, floor_info, stats, ci_info) -> None:
