@@ -115,6 +115,16 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["dataset=imagefolder", "dataset.root={tree}", "dataset.resize=16", "dataset.resolution=32"],
      "dataset.resize (16) must be >= dataset.resolution (32)"),
     (["dataset.samples_per_class=0"], "dataset.samples_per_class=0 must be null (all images) or an integer >= 1"),
+    (["dataset=torchvision"], "dataset.root is required for dataset=torchvision: add dataset.root=..."),
+    (["dataset=torchvision", "dataset.root={empty}"], "dataset=torchvision needs the class: add dataset.name="),
+    (["dataset=torchvision", "dataset.name=FashionMnist", "dataset.root={empty}"],
+     "dataset.name=FashionMnist is not a torchvision dataset class; did you mean FashionMNIST?"),
+    (["dataset=torchvision", "dataset.name=FashionMNIST", "dataset.root=/no/such/folder"],
+     "dataset.root '/no/such/folder' is not an existing directory; set it to the folder holding FashionMNIST's files"),
+    (["dataset=torchvision", "dataset.name=FashionMNIST", "dataset.root={empty}"],
+     "no FashionMNIST test files under"),
+    (["dataset=torchvision", "dataset.name=FashionMNIST", "dataset.root={empty}", "dataset.download=maybe"],
+     "dataset.download=maybe must be true or false (true lets torchvision download missing files"),
     # attacks (built once on trial; their fields are checked by satlab.attacks.gradient.ATTACK): every budget is > 0
     (["attack.eps=-0.1"], "attack.eps=-0.1 must be a number in (0, 1] (L-inf, in pixel units: 8/255 = 0.0314)"),
     (["attack.eps=0"], "attack.eps=0 must be a number in (0, 1] (L-inf"),
@@ -146,6 +156,8 @@ def _input(name: str, tmp: Path) -> Path:
         (path / "dog").mkdir()
     elif name == "tree":
         make_imagefolder(path)
+    elif name == "empty":
+        path.mkdir(parents=True)
     elif name == "ckpt7":
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(timm.create_model("test_resnet", num_classes=7).state_dict(), path)
@@ -179,7 +191,7 @@ def assert_one_line_error(code: int, err: str, fragment: str) -> str:
 
 @pytest.mark.parametrize("args, fragment", BAD_INPUTS, ids=[" ".join(a)[:60] for a, _ in BAD_INPUTS])
 def test_bad_input_one_line_exit_2_nothing_written(args, fragment, tmp_path, monkeypatch, capsys):
-    args = [a.format(**{k: _input(k, tmp_path) for k in ("one_class", "one_class_eval", "tree", "ckpt7")
+    args = [a.format(**{k: _input(k, tmp_path) for k in ("one_class", "one_class_eval", "tree", "ckpt7", "empty")
                         if "{" + k + "}" in a}) for a in args]
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     code, _, err = run_cli([*BASE, *args, f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"], monkeypatch, capsys)

@@ -166,7 +166,8 @@ SCHEMA: dict[str, Key] = {
     "dataset.subset_seed": SEED,
     "dataset.eval_noise": Key("number", 0, 1, note="std of the pixel noise on the eval images"),
     "dataset.seed": SEED,
-    "dataset.train_per_class": Key("int", 0),
+    "dataset.train_per_class": Key("int", 0, nullable=True, null_means="the whole train split"),
+    "dataset.download": Key("bool", note="true lets torchvision download missing files into dataset.root"),
     "dataset.test_per_class": COUNT,
     "logger.mode": Key("choice", choices=("offline", "online", "disabled")),
 }
