@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +102,39 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@dataclass
+class CliResult:
+    """What `satlab <args>` ended with: like subprocess.CompletedProcess (returncode, stdout, stderr)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def satlab_in_process(monkeypatch, capsys):
+    """`satlab <args>` run in this process (no interpreter start and imports: seconds saved per call), in `cwd`,
+    with `env` set for the call: returns a CliResult. For what needs a real process (concurrency, installs,
+    launchers that pickle the job), the tests start one themselves."""
+
+    def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> CliResult:
+        from satlab import cli
+
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["satlab"])
+        monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # main() sets it; restored after the test
+        monkeypatch.setenv("WANDB_MODE", "offline")
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        try:
+            cli.main(list(args))
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run

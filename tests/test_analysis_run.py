@@ -4,8 +4,6 @@ matrix (skipped when absent) and the exploration notebook executed top to bottom
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -274,13 +272,10 @@ def test_bad_options_fail_cleanly(tiny_run, tmp_path):
         run(compose_cfg(tmp_path, f"analyze.matrix={REPO / 'nope.csv'}"))  # missing file -> SatlabError too
 
 
-def test_cli_bad_input_is_one_error_line(tiny_run, tmp_path):
+def test_cli_bad_input_is_one_error_line(tiny_run, tmp_path, satlab_in_process):
     case, out = "unknown_models", tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "satlab.cli", "task=analyze", f"analyze.matrix={_bad_matrix(tiny_run, tmp_path, case)}",
-         "logger=none", f"hydra.run.dir={out}"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
-    )
+    proc = satlab_in_process(["task=analyze", f"analyze.matrix={_bad_matrix(tiny_run, tmp_path, case)}",
+                              "logger=none", f"hydra.run.dir={out}"], tmp_path)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("satlab: error:")]
     assert len(errors) == 1 and BAD_MATRICES[case][1] in errors[0], proc.stderr

@@ -39,12 +39,6 @@ def compose_cfg(overrides, tmp_path):
         )
 
 
-def satlab_cli(args, tmp_path, cwd=None):
-    env = {**os.environ, "SATLAB_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, "-m", "satlab.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or tmp_path, env=env, timeout=600)
-
-
 def _leaves(node, prefix=""):
     """(dotted key, value) of every scalar in a plain nested dict."""
     for key, value in node.items():
@@ -130,14 +124,15 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert shape["same_family_pairs"] + shape["cross_family_pairs"] == 6
 
 
-def test_cli_imagefolder_fgsm_and_sweep(tiny_imagefolder, tmp_path):
+def test_cli_imagefolder_fgsm_and_sweep(tiny_imagefolder, tmp_path, satlab_in_process):
     common = ["model_set=timm_tiny", "dataset=imagefolder", f"dataset.root={tiny_imagefolder}",
               "dataset.resize=32", "dataset.resolution=32", *FAST]
-    done = satlab_cli([*common, "attack=fgsm", "hydra.run.dir=run"], tmp_path)
+    cache = {"SATLAB_CACHE_DIR": str(tmp_path / "cache")}
+    done = satlab_in_process([*common, "attack=fgsm", "hydra.run.dir=run"], tmp_path, cache)
     assert done.returncode == 0, done.stderr[-2000:]
     for name in OUTPUTS:
         assert (tmp_path / "run" / name).is_file(), name
-    sweep = satlab_cli(["-m", *common, "attack.eps=0.03,0.1", "hydra.sweep.dir=sweep"], tmp_path)
+    sweep = satlab_in_process(["-m", *common, "attack.eps=0.03,0.1", "hydra.sweep.dir=sweep"], tmp_path, cache)
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     eps = [json.loads((tmp_path / "sweep" / str(i) / "summary.json").read_text())["attack"]["eps"] for i in (0, 1)]
     assert eps == [8 / 255, 26 / 255]  # the budgets used: 0.03 and 0.1 snapped to whole 8-bit levels

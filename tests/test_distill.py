@@ -1,9 +1,6 @@
 """Distillation: the loss by hand, frozen teachers, shared seeds / data order, a tiny task=distill, bad input."""
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -218,10 +215,9 @@ def test_teacher_with_other_class_count(tmp_path):
     assert not any((tmp_path / "out" / name).exists() for name in OUTPUTS)
 
 
-def test_cli_bad_alpha_one_line_exit_2(tmp_path):
-    env = {**os.environ, "SATLAB_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
-    done = subprocess.run([sys.executable, "-m", "satlab.cli", *FAST, "distill.alpha=2", "hydra.run.dir=run"],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+def test_cli_bad_alpha_one_line_exit_2(tmp_path, satlab_in_process):
+    done = satlab_in_process([*FAST, "distill.alpha=2", "hydra.run.dir=run"], tmp_path,
+                             {"SATLAB_CACHE_DIR": str(tmp_path / "cache")})
     lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
     assert done.returncode == 2 and lines[-1].startswith("satlab: error: distill.alpha"), done.stderr[-800:]
     assert "Traceback" not in done.stderr

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,11 +118,10 @@ def test_bad_options_raise_before_any_output(overrides, needle, tmp_path):
     assert not any((tmp_path / "out" / name).exists() for name in OUTPUTS)
 
 
-def test_cli_matrix_of_other_models_is_one_error_line_and_no_results(tmp_path):
+def test_cli_matrix_of_other_models_is_one_error_line_and_no_results(tmp_path, satlab_in_process):
     matrix = sat_file(tmp_path, ["test_resnet", "test_vit", "resnet50"])
-    env = {**os.environ, "SATLAB_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
-    done = subprocess.run([sys.executable, "-m", "satlab.cli", *TINY, *FAST, f"ensemble.sat_matrix={matrix}",
-                           "hydra.run.dir=run"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    done = satlab_in_process([*TINY, *FAST, f"ensemble.sat_matrix={matrix}", "hydra.run.dir=run"], tmp_path,
+                             {"SATLAB_CACHE_DIR": str(tmp_path / "cache")})
     lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
     assert done.returncode == 2 and lines[-1].startswith("satlab: error:") and "Traceback" not in done.stderr
     assert "test_convnext" in lines[-1] and "lacks 2 model(s)" in lines[-1]

@@ -25,7 +25,7 @@ def satlab(tmp: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-def test_submitit_shard_sweep_then_assemble_equals_one_process(tmp_path):
+def test_submitit_shard_sweep_then_assemble_equals_one_process(tmp_path, satlab_in_process):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
     cache = f"paths.cache_dir={tmp_path / 'cache'}"
     sweep = satlab(tmp_path, "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=15",
@@ -34,9 +34,11 @@ def test_submitit_shard_sweep_then_assemble_equals_one_process(tmp_path):
     assert list((tmp_path / "multirun").glob(".submitit/*/*_submitted.pkl")), "not launched through submitit"
     assert not list((tmp_path / "multirun").glob("*/records.npz"))  # shards write rows, not maps
     assert len(list((tmp_path / "cache" / "records").glob("*.npz"))) == 4
-    done = satlab(tmp_path, "sat.assemble=true", cache, f"paths.output_dir={tmp_path / 'assembled'}")
+    done = satlab_in_process([*COMMON, "sat.assemble=true", cache, f"paths.output_dir={tmp_path / 'assembled'}"],
+                             tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    one = satlab(tmp_path, f"paths.cache_dir={tmp_path / 'cache_one'}", f"paths.output_dir={tmp_path / 'one'}")
+    one = satlab_in_process([*COMMON, f"paths.cache_dir={tmp_path / 'cache_one'}",
+                             f"paths.output_dir={tmp_path / 'one'}"], tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = load_records(tmp_path / "assembled" / "records.npz"), load_records(tmp_path / "one" / "records.npz")
     for key in ("models", "sample_ids", "labels", "correct", "fooled"):
@@ -50,9 +52,10 @@ def test_submitit_shard_sweep_then_assemble_equals_one_process(tmp_path):
     (["sat.assemble=true"], "no complete cached row for 4 source(s): test_resnet, test_vit, test_convnext, "
                             "test_efficientnet"),
 ])
-def test_bad_shard_input_is_one_error_line(tmp_path, args, message):
+def test_bad_shard_input_is_one_error_line(tmp_path, args, message, satlab_in_process):
     out = tmp_path / "out"
-    done = satlab(tmp_path, *args, f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={out}")
+    done = satlab_in_process([*COMMON, *args, f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={out}"],
+                             tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("satlab: error:") and message in lines[0], done.stderr

@@ -3,9 +3,6 @@ layout through experiment=paper69_flowers (random-init tiny timm models instead 
 bad inputs of training (one error line, exit 2, no result file)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,12 +122,10 @@ def test_flowers_fine_tune_on_a_generated_tree(tiny_flowers102, tmp_path, one_th
     assert not (tmp_path / "bad" / "summary.json").exists()
 
 
-def test_empty_train_split_is_one_error_line(tmp_path):
+def test_empty_train_split_is_one_error_line(tmp_path, satlab_in_process):
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-m", "satlab.cli", "task=train", *FAST, *TINY_TRAIN, "dataset=shapes",
-                           "dataset.train_per_class=0", f"paths.output_dir={out}", f"paths.cache_dir={tmp_path}"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = satlab_in_process(["task=train", *FAST, *TINY_TRAIN, "dataset=shapes", "dataset.train_per_class=0",
+                              f"paths.output_dir={out}", f"paths.cache_dir={tmp_path}"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines == [lines[-1]] and lines[-1].startswith("satlab: error:") and "empty train split" in lines[-1]
