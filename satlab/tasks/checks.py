@@ -39,7 +39,6 @@ from omegaconf import DictConfig, OmegaConf
 from satlab.schema import BOOL, COUNT, FLOOR, NUMBER, SEED, SEED_HIGH, TOLERANCE, WORKERS, Key, check_keys, one_line
 from satlab.train.distill import DISTILL
 from satlab.train.recipe import check_recipe
-from satlab.utils import SatlabError
 
 _ABSENT = object()
 # tasks that build a pytorch_lightning.Trainer (their Trainer options are tried on construction)
@@ -242,29 +241,26 @@ def check_attack_config(cfg: DictConfig) -> None:
 
 # --- the Trainer --------------------------------------------------------------------------------------------
 
-TRAINER_NOT_TRIED = ("_target_", "_partial_", "callbacks", "logger", "max_epochs")
+TRAINER_NOT_TRIED = ("_partial_", "callbacks", "logger", "max_epochs")
 
 
 def check_trainer(trainer_cfg: Any) -> None:
-    """Construct `pytorch_lightning.Trainer` once with the configured options (less callbacks, logger and
-    max_epochs): whatever Lightning rejects becomes `trainer: <its message>`. Silent, writes nothing, and puts
-    back the global torch flags the construction sets (deterministic algorithms, cudnn.benchmark)."""
-    import pytorch_lightning as pl
+    """Build the Trainer once with the configured options (`satlab.trainer.build_trainer`, the one place a Trainer
+    is built; less callbacks, logger and max_epochs): whatever Lightning rejects becomes `trainer: <its message>`.
+    Silent, writes nothing, and puts back the global torch flags the construction sets (deterministic
+    algorithms, cudnn.benchmark)."""
     import torch
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    from satlab.trainer import build_trainer
 
     options = OmegaConf.to_container(trainer_cfg, resolve=True) if OmegaConf.is_config(trainer_cfg) else trainer_cfg
     options = {k: v for k, v in dict(options or {}).items() if k not in TRAINER_NOT_TRIED}
-    options.setdefault("enable_checkpointing", False)
     flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
     try:
         with _quiet("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning.pytorch",
                     "lightning_fabric", "lightning.fabric"):
-            pl.Trainer(logger=False, **options)
-    except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
-        raise SatlabError(f"trainer: {one_line(str(err).splitlines()[0] if str(err) else type(err).__name__)}") \
-            from None
+            build_trainer(options, callbacks=[])
     finally:
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.benchmark = flags[2]
