@@ -1,10 +1,10 @@
 """The `satlab` command: the only place where Hydra meets the library.
 
 `main` composes the config; `run` checks it (`satlab.tasks.checks`), seeds and dispatches to
-`satlab.tasks.<task.name>.run(cfg)`. Every mistake in the input, whether Hydra finds it (an unknown group option,
-a malformed override, a run folder it cannot create) or satlab does (SatlabError), becomes one line
-`satlab: error: ...` on stderr and exit status 2. In a sweep (`-m`) a failing job is reported and the next one
-runs; the sweep ends with the list of failed jobs and a non-zero status.
+`satlab.tasks.<task.name>.run(cfg)` (a task of one's own: `<task.module>.run(cfg)`). Every mistake in the input,
+whether Hydra finds it (an unknown group option, a malformed override, a run folder it cannot create) or satlab
+does (SatlabError), becomes one line `satlab: error: ...` on stderr and exit status 2. In a sweep (`-m`) a failing
+job is reported and the next one runs; the sweep ends with the list of failed jobs and a non-zero status.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def run(cfg: DictConfig) -> dict:
     from satlab.tasks.checks import check_config
 
     check_config(cfg)
-    task = get_task(str(cfg.task.name))
+    task = get_task(str(cfg.task.name), OmegaConf.select(cfg, "task.module", default=None))
     os.environ.setdefault("WANDB_SILENT", "true")
     warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|litlogger).*")
     import pytorch_lightning as pl

@@ -1,4 +1,4 @@
-"""How much of an L2 attack survives 8-bit rounding at ImageNet size (the README's table).
+"""How much of an L2 attack survives 8-bit rounding at ImageNet size (the table in docs/attacks.md).
 
 For random-init timm test models at 224 px and noise images, PGD-L2 (10 steps of eps/4, random start) is run
 unrounded, then rounded two ways: the scheme satlab used before (nearest level, L2 rescale, towards x) and the

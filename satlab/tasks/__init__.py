@@ -1,4 +1,8 @@
-"""Tasks: one module per `task=` option, each with `run(cfg) -> dict`. Hydra and wandb live here and in cli."""
+"""Tasks: one module per `task=` option, each with `run(cfg) -> dict`. Hydra and wandb live here and in cli.
+
+A task outside satlab names its module in its config: `task.module: mypackage.mytask` (an importable module with
+a `run(cfg) -> dict`), e.g. in a `task/<name>.yaml` of one's own `--config-dir` (docs/extending.md).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,18 @@ from satlab.utils import SatlabError
 TASKS = ("sat", "analyze", "ensemble", "train", "compare", "cross_dataset", "distill")
 
 
-def get_task(name: str) -> Callable[[DictConfig], dict]:
-    """The `run` function of task `name`."""
+def get_task(name: str, module: str | None = None) -> Callable[[DictConfig], dict]:
+    """The `run` function of task `name`: satlab's own, or that of `module` (the config's `task.module`)."""
+    if module:
+        try:
+            found = importlib.import_module(str(module))
+        except ImportError as err:
+            raise SatlabError(f"task.module={module} cannot be imported ({err}); put the module on the Python "
+                              "path (pip install -e your package, or PYTHONPATH=...)") from None
+        run = getattr(found, "run", None)
+        if not callable(run):
+            raise SatlabError(f"task.module={module} has no run(cfg) function")
+        return run
     if name not in TASKS:
-        raise SatlabError(f"unknown task '{name}'; choose one of {', '.join(TASKS)}")
+        raise SatlabError(f"unknown task '{name}'; choose one of {', '.join(TASKS)} (or give task.module=<module>)")
     return importlib.import_module(f"satlab.tasks.{name}").run
