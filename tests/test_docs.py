@@ -4,8 +4,7 @@ Commands: in README.md, docs/*.md and experiments/*/README.md, every line of a f
 every inline code span that runs `satlab` is parsed like a shell (shlex) and composed with Hydra's compose API
 against `conf/` (plus the folder of `--config-dir`). Placeholders (`<run>`, `...`) become a dummy path; `hydra.*`
 and `hydra/...` overrides (launcher, run folder) are dropped; `--help`, `--cfg` and the like are dropped; a sweep
-(`-m`) composes each option of a swept config group and the first value of any other swept key. A group option
-another branch is adding (`model_set=timm`, `dataset=torchvision`) is skipped with a reason until it exists.
+(`-m`) composes each option of a swept config group and the first value of any other swept key.
 docs/bad-input.md is left out: its commands are wrong on purpose, and tests/test_bad_input.py runs them.
 
 Links: every relative link and image in those files must reach a file or folder, and an anchor (`#...`) a heading
@@ -30,7 +29,6 @@ CONF = ROOT / "conf"
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "experiments").glob("*/README.md")])
 BAD_INPUT_PAGE = ROOT / "docs" / "bad-input.md"  # commands that must fail: tests/test_bad_input.py runs them
 PENDING_PAGES = {"docs/datasets.md", "docs/models.md", "docs/sweeps.md"}  # written in other branches
-PENDING_OPTIONS = {("model_set", "timm"), ("dataset", "torchvision")}  # config options built in other branches
 DUMMY = "/tmp/satlab-docs-placeholder"
 FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name", "-cn", "--experimental-rerun"}
 FLAGS = {"--help", "-h", "--hydra-help", "--resolve", "--version", "--shell-completion", "-sc", "--run", "-r"}
@@ -169,8 +167,6 @@ def _compositions(overrides: list[str], dirs: list[Path], multirun: bool) -> tup
         if options is not None and not override.is_delete():
             for choice in choices:
                 if choice not in options and choice != "null":
-                    if (key, choice) in PENDING_OPTIONS:
-                        return [], f"{key}={choice} is being added in another branch (not in conf/{key}/ yet)"
                     raise AssertionError(f"{key}={choice}: no such option (have {sorted(options)})")
         if values is None:
             fixed.append(override.input_line)
@@ -278,7 +274,7 @@ def test_compositions_of_sweeps_and_placeholders():
     assert reason is None
     assert compositions == [["attack.eps=0.1", f"analyze.matrix={DUMMY}/x.csv", "dataset=digits"],
                             ["attack.eps=0.1", f"analyze.matrix={DUMMY}/x.csv", "dataset=shapes"]]
-    assert _compositions(["model_set=timm"], [], False)[1]  # pending in another branch: skipped
+    assert _compositions(["model_set=timm"], [], False) == ([["model_set=timm"]], None)
     with pytest.raises(AssertionError, match="no such option"):
         _compositions(["experiment=nosuch"], [], False)
     with pytest.raises(AssertionError, match="needs -m"):
