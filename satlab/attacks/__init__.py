@@ -21,6 +21,15 @@ _REGISTRY: dict[str, dict[str, Any]] = {
 }
 
 
+def register_attack(name: str, **defaults: Any) -> None:
+    """Register an attack by the `Attack` fields that make it what its name says (e.g. BIM:
+    `register_attack("bim", norm="linf", random_start=False)`); `create_attack(name, ...)` then builds it.
+    A name already registered with other defaults is an error (two meanings for one name)."""
+    if name in _REGISTRY and _REGISTRY[name] != defaults:
+        raise SatlabError(f"attack '{name}' is registered already with {_REGISTRY[name]}; choose another name")
+    _REGISTRY[name] = dict(defaults)
+
+
 def list_attacks() -> list[str]:
     """Names of the registered attacks."""
     return sorted(_REGISTRY)
@@ -53,4 +62,4 @@ def _number(value: str) -> float | str:
         return value
 
 
-__all__ = ["Attack", "attack_loss", "create_attack", "list_attacks"]
+__all__ = ["Attack", "attack_loss", "create_attack", "list_attacks", "register_attack"]
