@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -91,26 +89,24 @@ def test_report_finds_the_released_scale(reference, tmp_path):
     assert other["transfer_q50"] == pytest.approx(best["transfer_q50"] / math.e)
 
 
-def test_report_end_to_end_on_a_tiny_digits_multirun(reference, tmp_path):
-    """`satlab -m experiment=paper69_calibration` on digits, then the report script.
+def test_report_end_to_end_on_a_tiny_digits_multirun(reference, tmp_path, satlab_in_process, capsys):
+    """`satlab -m experiment=paper69_calibration` on digits, then the report script (both in this process).
 
-    Three zoo models trained for 1 epoch, one thread (a few seconds; random models rarely share a correct image,
-    which leaves X_AB empty and SAT undefined), 2 budgets, 100 images.
+    Three zoo models trained for 1 epoch on 20 digits a class (random models rarely share a correct image, which
+    leaves X_AB empty and SAT undefined), 2 budgets, 100 images.
     """
     sweep = tmp_path / "multirun"
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "satlab.cli", "-m", "experiment=paper69_calibration", "dataset=digits",
-           "model_set=digits_zoo", "model_set.models=[resnet18_s0,convnext_atto,mixer_p4]", "model_set.train.epochs=1",
-           "model_set.catalog.resnet18_s0.train.epochs=1", "dataset.samples_per_class=10",
-           "attack.eps=0.0627,0.1255", "attack.steps=2", "logger=none", "sat.num_workers=0", "sat.print_table=false",
-           "trainer.enable_progress_bar=false", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    done = satlab_in_process(
+        ["-m", "experiment=paper69_calibration", "dataset=digits", "model_set=digits_zoo",
+         "model_set.models=[resnet18_s0,convnext_atto,mixer_p4]", "model_set.train.epochs=1",
+         "model_set.catalog.resnet18_s0.train.epochs=1", "dataset.samples_per_class=10", "dataset.train_per_class=20",
+         "model_set.train.batch_size=32", "attack.eps=0.0627,0.1255", "attack.steps=2", "logger=none",
+         "sat.num_workers=0", "sat.print_table=false", "trainer.enable_progress_bar=false",
+         f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "not a whole number of 8-bit levels" in done.stdout + done.stderr  # 0.0627 -> 16/255, said
-    script = [sys.executable, str(REPO / "experiments" / "paper69" / "calibration_report.py"), str(sweep),
-              "--reference", str(reference)]
-    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert report.main([str(sweep), "--reference", str(reference)]) == 0
+    printed = capsys.readouterr().out
     table = pd.read_csv(sweep / "calibration.csv")
     assert sorted(table["eps_255"].round(6)) == [16, 32] and set(table["steps"]) == {2}  # the budgets used
     assert table["ks_transfer"].between(0, 1).all() and table["ks_whitebox"].between(0, 1).all()
@@ -120,7 +116,7 @@ def test_report_end_to_end_on_a_tiny_digits_multirun(reference, tmp_path):
     ref_names, ref_sat = read_matrix(reference, symmetric_tol=1e-6)
     assert table["ref_transfer_q50"].iloc[0] == pytest.approx(np.median(np.exp(ref_sat[np.triu_indices(69, 1)])))
     text = (sweep / "calibration.md").read_text()
-    assert f"Closest (lowest KS(transfer) + KS(white-box)): run {table['run'].iloc[0]}" in text and text in done.stdout
+    assert f"Closest (lowest KS(transfer) + KS(white-box)): run {table['run'].iloc[0]}" in text and text in printed
 
 
 def test_report_without_reference_or_runs_says_what_to_do(tmp_path, capsys):

@@ -28,7 +28,8 @@ QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
 TINY = Recipe.from_config({"epochs": 1, "batch_size": 16})
 OUTPUTS = ("distill_results.csv", "gain_vs_sat.png", "report.md", "summary.json")
 FAST = ["logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "task=distill",
-        "model_set=timm_tiny", "attack=fgsm", "dataset.samples_per_class=3", "distill.student=test_resnet",
+        "model_set=timm_tiny", "attack=fgsm", "dataset.samples_per_class=3", "dataset.train_per_class=20",
+        "distill.student=test_resnet",
         "distill.recipe.epochs=1", "distill.recipe.batch_size=32", "distill.n_boot=200"]
 
 
@@ -158,14 +159,13 @@ def compose_cfg(overrides, tmp_path):
 
 
 def test_tiny_distill_run_end_to_end(tmp_path, one_thread):
-    cfg = compose_cfg(["distill.teachers=[test_vit,test_convnext,test_efficientnet]", "distill.seeds=[0,1,2]"],
-                      tmp_path)
+    cfg = compose_cfg(["distill.teachers=[test_vit,test_convnext]", "distill.seeds=[0,1]"], tmp_path)
     summary = run(cfg)
     out = tmp_path / "out"
     assert all((out / name).is_file() for name in OUTPUTS)
     table = pd.read_csv(out / "distill_results.csv")
-    assert list(table["teacher"]) == ["test_vit", "test_convnext", "test_efficientnet"]
-    assert (table["seeds"] == 3).all()
+    assert list(table["teacher"]) == ["test_vit", "test_convnext"]
+    assert (table["seeds"] == 2).all()
     base = np.array(summary["baseline_accuracy"])
     for _, row in table.iterrows():
         accs = np.array(summary["student_accuracy"][row["teacher"]])
@@ -174,11 +174,11 @@ def test_tiny_distill_run_end_to_end(tmp_path, one_thread):
     assert "## Distillation into test_resnet" in (out / "report.md").read_text()
     saved = json.loads((out / "summary.json").read_text())
     assert saved["task"] == "distill" and saved["reference"].startswith("test_resnet trained without a teacher")
-    assert len(saved["runs"]) == 3 * 4
+    assert len(saved["runs"]) == 2 * 3  # per seed: the baseline and one student per teacher
     # a second run with one teacher trains nothing: every student comes from the cache
     # and with the SAT map given as a file, no attack runs and the SAT and teacher accuracy are the same
     records = list((tmp_path / "cache" / "records").iterdir())
-    summary = run(compose_cfg(["distill.teacher=test_vit", "distill.seeds=[0,1,2]", f"distill.sat_matrix={out / 'sat_matrix.csv'}",
+    summary = run(compose_cfg(["distill.teacher=test_vit", "distill.seeds=[0,1]", f"distill.sat_matrix={out / 'sat_matrix.csv'}",
                                f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path / "b"))
     assert all(r["cached"] for r in summary["runs"])
     again = pd.read_csv(tmp_path / "b" / "out" / "distill_results.csv")

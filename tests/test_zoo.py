@@ -1,11 +1,11 @@
 """The main job end to end on a part of the digits zoo: train (or load) it, compute its SAT matrix, analyse it.
 
-Four of the nine zoo models, with the zoo's own training settings: both ResNet-18 seeds, ConvNeXt and the
-MLP-Mixer. The ResNets at 1/8 width (as in the distillation and cross-dataset presets, whose cache this shares;
-the default zoo's are full width and take about 80 s each to train); trained once (about 45 s on 2 quiet cores)
-into SATLAB_CACHE_DIR (CI: .cache/satlab in the clone, else a pytest temp dir) and loaded from there afterwards.
-The accuracy of all nine is documented from `make demo` in the README; the composition of the default zoo is
-checked here from its config.
+Four of the nine zoo models, with the zoo's own recipes: both ResNet-18 seeds, ConvNeXt and the MLP-Mixer. The
+ResNets at 1/8 width (the default zoo's are full width and take about 80 s each to train), all trained on 30
+digits a class (300 images) so that the suite stays short; cached in SATLAB_CACHE_DIR (CI: .cache/satlab in the
+clone, else a pytest temp dir). What the full zoo reaches is documented from `make demo` in
+experiments/digits_zoo/README.md; here only what holds on any machine is asserted (the models learn; the records
+agree with the matrix and the analyses), never what training happens to reach.
 """
 
 import os
@@ -32,6 +32,7 @@ def zoo_run(tmp_path_factory):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["logger=none", "trainer.enable_progress_bar=false",
                                            f"model_set.models=[{','.join(MODELS)}]", "dataset.samples_per_class=10",
+                                           "dataset.train_per_class=30",  # 300 training digits: fast to train
                                            *[f"model_set.catalog.{m}.model_args.channels=[8,16,32,64]" for m in SAME_ARCH],
                                            f"paths.output_dir={out}", f"paths.cache_dir={cache}"])
     return out, run(cfg)
@@ -47,12 +48,12 @@ def test_default_zoo_is_diverse():
     assert set(MODELS) <= set(zoo.models)
 
 
-def test_zoo_models_are_accurate(zoo_run):
+def test_zoo_models_learn(zoo_run):
     _, summary = zoo_run
     assert sorted(summary["zoo"]) == sorted(MODELS) and summary["models"] == MODELS
     for name, info in summary["zoo"].items():
-        assert info["test_accuracy"] >= 0.80, (name, info["test_accuracy"])  # on all 360 eval images (>= 0.95 seen)
-    assert min(summary["clean_accuracy"].values()) >= 0.80 and summary["samples"] == 100
+        assert info["test_accuracy"] >= 0.5, (name, info["test_accuracy"])  # learnt (chance: 0.1); on 360 images
+    assert min(summary["clean_accuracy"].values()) >= 0.5 and summary["samples"] == 100
 
 
 def test_default_budget_is_strong_white_box_and_partial_transfer(zoo_run):

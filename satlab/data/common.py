@@ -145,14 +145,12 @@ def load_image(path: Path, resize: int, resolution: int) -> torch.Tensor:
     return uint8_to_float(TF.pil_to_tensor(rgb))
 
 
-def check_samples_per_class(samples_per_class: int | None) -> None:
+def check_samples_per_class(samples_per_class: int | None, key: str = "dataset.samples_per_class") -> None:
     """None (all images) or a positive integer."""
     if samples_per_class is None:
         return
     if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
-        raise SatlabError(
-            f"dataset.samples_per_class must be a positive integer or null (all images), got {samples_per_class!r}"
-        )
+        raise SatlabError(f"{key} must be a positive integer or null (all images), got {samples_per_class!r}")
 
 
 def check_params(resolution: int, resize: int | None, samples_per_class: int | None) -> None:

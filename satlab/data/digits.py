@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from satlab.data.common import DatasetSplits, TensorImages, balanced_subset, check_params, quantize_8bit
+from satlab.data.common import (DatasetSplits, TensorImages, balanced_subset, check_params, check_samples_per_class,
+                                quantize_8bit)
 from satlab.utils import SatlabError
 
 TEST_SIZE = 0.2  # fixed stratified split: the same images are always train / test
@@ -36,13 +37,18 @@ def digits(
     samples_per_class: int | None = None,
     subset_seed: int = 0,
     eval_noise: float = 0.0,
+    train_per_class: int | None = None,
 ) -> DatasetSplits:
     """Digits with a fixed stratified 80/20 split; sample_id = index into `load_digits()`.
+
+    `samples_per_class` / `train_per_class`: balanced subsets of the eval / train split (None = all), drawn by
+    `subset_seed` (a smaller train split trains a zoo faster, e.g. in tests).
 
     `eval_noise` > 0 makes a harder evaluation variant: Gaussian pixel noise of that standard deviation ([0,1]
     units, fixed per image: one seeded draw over all 1797 digits) on the eval images only; train stays clean.
     """
     check_params(resolution, None, samples_per_class)
+    check_samples_per_class(train_per_class, "dataset.train_per_class")
     if isinstance(eval_noise, bool) or not isinstance(eval_noise, (int, float)) or not 0 <= eval_noise <= 1:
         raise SatlabError(f"dataset.eval_noise must be a number in [0, 1] (pixel noise std), got {eval_noise!r}")
     images, labels = digit_images(resolution)
@@ -55,7 +61,7 @@ def digits(
     noisy = TensorImages(add_noise(images, float(eval_noise)), labels, ids) if eval_noise else full
     return DatasetSplits(
         name=name,
-        train=full.take(train_ids),
+        train=balanced_subset(full.take(train_ids), train_per_class, subset_seed),
         eval=balanced_subset(noisy.take(test_ids), samples_per_class, subset_seed),
         num_classes=10,
         resolution=resolution,
