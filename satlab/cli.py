@@ -4,7 +4,12 @@
 `satlab.tasks.<task.name>.run(cfg)` (a task of one's own: `<task.module>.run(cfg)`). Every mistake in the input,
 whether Hydra finds it (an unknown group option, a malformed override, a run folder it cannot create) or satlab
 does (SatlabError), becomes one line `satlab: error: ...` on stderr and exit status 2. In a sweep (`-m`) a failing
-job is reported and the next one runs; the sweep ends with the list of failed jobs and a non-zero status.
+job is reported and the next one runs; every job that ends records its status in its folder and rebuilds the
+sweep's overview table (`satlab.tasks.sweep`); the sweep ends with the table's path, the list of failed jobs and a
+non-zero status.
+
+Python warnings raised during a command are shown as one plain log line each (no source line), or not at all
+when they tell the user nothing they can act on (`QUIET_WARNINGS`, and deprecation notices of the libraries).
 """
 
 from __future__ import annotations
@@ -35,6 +40,16 @@ CONF_DIR = str(conf_dir())  # shipped inside the package (an installed wheel), e
 OmegaConf.register_new_resolver("satlab.uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
 
 
+# Library warnings a user cannot act on: dropped. Matched against the warning's message.
+QUIET_WARNINGS = (
+    r"LeafSpec",  # pytorch_lightning's own use of a deprecated torch API
+    r"does not have many workers",  # small in-memory datasets: worker processes would be slower
+    r"litlogger|litmodels",  # Lightning's advertisements
+    r"module\(s\) in eval mode at the start of training",  # frozen teachers (distillation) are meant to be
+    r"is smaller than the logging interval",  # Lightning's step logging; satlab logs per epoch
+)
+
+
 @dataclass
 class _Session:
     """What one `main()` call learns from its jobs: whether a job started, and a sweep's failures."""
@@ -55,7 +70,7 @@ def run(cfg: DictConfig) -> dict:
     check_config(cfg)
     task = get_task(str(cfg.task.name), OmegaConf.select(cfg, "task.module", default=None))
     os.environ.setdefault("WANDB_SILENT", "true")
-    warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|litlogger).*")
+    warnings.filterwarnings("ignore", message=f".*({'|'.join(QUIET_WARNINGS)}).*")
     import pytorch_lightning as pl
 
     for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning.pytorch", "lightning_fabric"):
@@ -79,27 +94,86 @@ def check_choices() -> None:
             raise SatlabError(f"unknown {group} '{choice}'; choose one of: {', '.join(options)}")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """`warnings.showwarning` for the command: one plain log line, without the source line Python prints.
+
+    Deprecation notices raised outside satlab (the libraries' business) go to the debug log only.
+
+    Args:
+        message, category: the warning and its class.
+        filename, lineno: where it was raised (kept for the debug log only).
+        file, line: unused (Python's signature).
+    """
+    text = _one_line(str(message))
+    outside = not str(filename).startswith(str(Path(__file__).resolve().parent))
+    if outside and issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
+        log.debug("%s (%s:%s)", text, filename, lineno)
+    else:
+        log.warning("%s", text)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _hydra_entry(cfg: DictConfig) -> None:
+    """One run or sweep job (in this process, or in a submitit job's): its warnings as plain log lines."""
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        _job(cfg)
+    finally:
+        warnings.showwarning = shown
+
+
+def _job(cfg: DictConfig) -> None:
+    """Run the task; in a sweep, record how the job ended and rebuild the sweep's overview."""
     _SESSION.entered = True
     hcfg = HydraConfig.get()
     sweeping = hcfg.mode == RunMode.MULTIRUN
+    job_dir = Path(hcfg.runtime.output_dir)
     if sweeping:
         _SESSION.jobs[int(hcfg.job.num)] = list(hcfg.overrides.task)
+        _job_status(job_dir, None)
+    status, message = "ok", ""
     try:
         check_choices()
         run(cfg)
     except SatlabError as err:
         print(f"satlab: error: {err}", file=sys.stderr)
         if not sweeping:
-            _discard_run_dir(Path(hcfg.runtime.output_dir))
+            _discard_run_dir(job_dir)
             sys.exit(2)
-        _SESSION.failures.append((int(hcfg.job.num), str(err), True))
+        status, message = "bad input", str(err)
+        _SESSION.failures.append((int(hcfg.job.num), message, True))
     except Exception as err:  # noqa: BLE001 - in a sweep, a crash of one job must not stop the others
         if not sweeping:
             raise
         log.exception("job %s crashed", hcfg.job.num)
-        _SESSION.failures.append((int(hcfg.job.num), f"{type(err).__name__}: {_one_line(str(err))}", False))
+        status, message = "crashed", f"{type(err).__name__}: {_one_line(str(err))}"
+        _SESSION.failures.append((int(hcfg.job.num), message, False))
+    if sweeping:
+        _job_status(job_dir, (int(hcfg.job.num), status, message))
+        _update_overview(Path(str(hcfg.sweep.dir)))
+
+
+def _job_status(job_dir: Path, ended: tuple[int, str, str] | None) -> None:
+    """Clear a sweep job's status file (`ended` None: the job starts) or write it (`ended`: number, status,
+    message); a file that cannot be written is logged, the sweep goes on."""
+    from satlab.tasks.sweep import clear_job_status, write_job_status
+
+    try:
+        clear_job_status(job_dir) if ended is None else write_job_status(job_dir, *ended)
+    except OSError as err:
+        log.warning("cannot record the job's status in %s (%s)", job_dir, err)
+
+
+def _update_overview(sweep_dir: Path) -> Path | None:
+    """Rebuild the sweep's overview table; its Markdown path, or None (logged) when it cannot be written."""
+    from satlab.tasks.sweep import write_overview
+
+    try:
+        return write_overview(sweep_dir)[1]
+    except OSError as err:
+        log.warning("cannot write the sweep overview in %s (%s)", sweep_dir, err)
+        return None
 
 
 def _one_line(text: str) -> str:
@@ -125,7 +199,12 @@ def _discard_run_dir(path: Path) -> None:
 
 
 def _hydra_message(err: BaseException) -> str:
-    """Hydra's (multi-line) message, with its OmegaConf cause, as one line."""
+    """Hydra's (multi-line) message, with its OmegaConf cause, as one line; for an override Hydra cannot parse
+    (a value with a space, a non-ASCII letter, a parenthesis or a #), how to quote it."""
+    from hydra.errors import OverrideParseException
+
+    if isinstance(err, OverrideParseException):
+        return _quote_hint(err)
     text = _one_line(str(err))
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException):
@@ -133,6 +212,32 @@ def _hydra_message(err: BaseException) -> str:
         if first and first not in text:
             text = f"{text} ({first})"
     return text
+
+
+def _quote_hint(err) -> str:
+    """The one line for an override Hydra's grammar rejects (`OverrideParseException`): Hydra's reason and, when
+    the value holds a space, a non-ASCII letter or a character such as ( ) #, the override quoted as Hydra reads
+    it (in a sweep, each comma-separated value quoted)."""
+    override = str(getattr(err, "override", "") or "")
+    text = _one_line(str(err)).split("; See https://")[0]
+    if text.startswith("LexerNoViableAltException"):  # Hydra's lexer names no reason, only a caret
+        text = f"cannot read the override '{override}'"
+    elif override and override not in text:
+        text = f"cannot read the override '{override}' ({text})"
+    key, sep, value = override.partition("=")
+    if not (sep and value and _needs_quotes(value)):
+        return text
+    sweeping = any(arg in ("-m", "--multirun") for arg in sys.argv[1:])
+    values = value.split(",") if sweeping else [value]
+    example = f"'{key}=" + ",".join(f'"{v}"' for v in values) + "'" if '"' not in value else \
+        "'dataset.root=\"/data/my images\"'"
+    return (f"{text}: Hydra needs quotes around a value with spaces, non-ASCII letters or characters such as ( ) #; "
+            f"write {example} (double quotes for Hydra inside single quotes for the shell)")
+
+
+def _needs_quotes(value: str) -> bool:
+    """Whether Hydra's grammar reads `value` only quoted: a space, a non-ASCII letter, ( ) # or the like."""
+    return any(c.isspace() or not c.isascii() or c in "()#'\"\\{}<>|;&!$`" for c in value)
 
 
 def _run_dir_message(err: OSError) -> str | None:
@@ -151,15 +256,36 @@ def _run_dir_message(err: OSError) -> str | None:
     return f"cannot create the run folder{path} ({err.strerror or err}); set {key}=<a writable folder>"
 
 
-def _report_sweep() -> int:
-    """Print which jobs of a sweep failed; the exit status (0 none, 2 bad input only, 1 a crash)."""
-    failures = sorted(_SESSION.failures)
+def _finish_sweep() -> int:
+    """At the end of a sweep: rebuild its overview, print where it is and which jobs failed; the exit status (0
+    none failed, 2 bad input only, 1 a crash). Jobs that ran in other processes are read from their folders."""
+    from satlab.tasks.sweep import SweepCallback, ended_jobs
+
+    sweep_dir = SweepCallback.started
+    if sweep_dir is None:  # no sweep
+        return 0
+    table = _update_overview(sweep_dir)
+    if table is not None:
+        print(f"sweep overview: {table} (and {table.with_suffix('.csv').name} beside it)")
+    if _SESSION.jobs:
+        return _report_sweep(_SESSION.jobs, sorted(_SESSION.failures))
+    return _report_sweep(*ended_jobs(sweep_dir))  # the jobs ran elsewhere (submitit): their folders say how
+
+
+def _report_sweep(jobs: dict[int, list[str]], failures: list[tuple[int, str, bool]]) -> int:
+    """Print which jobs of a sweep failed, with the overrides that set each apart; the exit status (0 none,
+    2 bad input only, 1 a crash).
+
+    Args:
+        jobs: each job's overrides, by job number.
+        failures: (job, message, is bad input) of each failed job.
+    """
     if not failures:
         return 0
-    shared = set.intersection(*(set(job) for job in _SESSION.jobs.values())) if _SESSION.jobs else set()
-    print(f"satlab: sweep: {len(failures)} of {len(_SESSION.jobs)} job(s) failed:", file=sys.stderr)
+    shared = set.intersection(*(set(job) for job in jobs.values())) if jobs else set()
+    print(f"satlab: sweep: {len(failures)} of {len(jobs)} job(s) failed:", file=sys.stderr)
     for num, message, _ in failures:
-        own = [o for o in _SESSION.jobs.get(num, []) if o not in shared]
+        own = [o for o in jobs.get(num, []) if o not in shared]
         print(f"  job {num} [{' '.join(own)}]: {message}", file=sys.stderr)
     return 2 if all(user for _, _, user in failures) else 1
 
@@ -167,7 +293,10 @@ def _report_sweep() -> int:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (`satlab ...`); `argv` replaces the command-line arguments (for tests)."""
     global _SESSION
+    from satlab.tasks.sweep import SweepCallback
+
     _SESSION = _Session()
+    SweepCallback.started = None
     if argv is not None:
         sys.argv = [sys.argv[0] if sys.argv else "satlab", *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing; its config errors become one line
@@ -184,7 +313,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"satlab: error: {message}", file=sys.stderr)
         sys.exit(2)
-    status = _report_sweep()
+    except ValueError as err:  # Hydra's flags that exclude each other (-m with --cfg, ...)
+        if _SESSION.entered or not str(err).startswith("Only one of"):
+            raise
+        print(f"satlab: error: {_one_line(str(err))}", file=sys.stderr)
+        sys.exit(2)
+    status = _finish_sweep()
     if status:
         sys.exit(status)
 

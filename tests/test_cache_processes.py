@@ -104,7 +104,7 @@ def test_two_concurrent_runs_share_the_rows(tmp_path):
 
 
 def satlab(out: Path, cache: Path, *extra: str) -> subprocess.Popen:
-    args = ["experiment=smoke", "attack=pgd_linf", "attack.steps=20", "dataset.samples_per_class=8",
+    args = ["experiment=smoke", "model_set=timm_tiny", "attack=pgd_linf", "attack.steps=20", "dataset.samples_per_class=8",
             "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "sat.print_table=false",
             f"paths.cache_dir={cache}", f"paths.output_dir={out}", *extra]
     return subprocess.Popen([sys.executable, "-m", "satlab.cli", *args], env=ENV, cwd=out.parent,

@@ -1,6 +1,7 @@
 """The `satlab` command: every config composes, tiny end-to-end runs write every output, bad input fails cleanly."""
 
 import json
+import logging
 import math
 import os
 import re
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -87,15 +89,53 @@ def test_experiment_presets(tmp_path):
     assert paper.dataset.name == "imagenet" and paper.dataset.samples_per_class == 5
     assert len(paper.model_set.models) == 68 and "gluon_xception65" not in paper.model_set.models
     smoke = compose_cfg(["experiment=smoke"], tmp_path)
-    assert (smoke.model_set.name, smoke.attack.name, smoke.logger.name) == ("timm_tiny", "fgsm", "none")
+    assert (smoke.model_set.name, smoke.attack.name, smoke.logger.name) == ("digits_tiny", "fgsm", "none")
 
 
-def test_default_config_is_the_main_job(tmp_path):
-    cfg = compose_cfg([], tmp_path)
-    assert cfg.task.name == "sat" and cfg.dataset.name == "digits" and cfg.model_set.name == "digits_zoo"
-    assert cfg.attack.name == "pgd_linf"
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        assert compose("config").logger.mode == "offline"
+OFFLINE_DATASETS = ("digits", "shapes")  # the presets on other datasets need their images (ImageNet, Flowers)
+
+
+def test_offline_presets_compare_trained_models(tmp_path):
+    """Every preset that runs offline compares models trained on the dataset (a zoo: each model has a train_seed),
+    never timm's random weights, which classify almost no image correctly: their map is all NaN (empty X_AB)."""
+    from satlab.models.specs import model_specs
+
+    checked = []
+    for preset in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
+        cfg = compose_cfg([f"experiment={preset}"], tmp_path)
+        if cfg.dataset.name not in OFFLINE_DATASETS:
+            continue
+        untrained = [s.name for s in model_specs(cfg.model_set) if s.train_seed is None]
+        assert not untrained and not cfg.model_set.pretrained, (preset, untrained)
+        checked.append(preset)
+    assert {"smoke", "ensemble_digits", "cross_dataset_digits", "distill_digits"} <= set(checked)
+
+
+def test_smoke_gives_a_finite_map_then_analyze_works(tmp_path, monkeypatch, capsys):
+    """`satlab experiment=smoke` then `satlab task=analyze` (in-process), as on a fresh clone: the smoke's models
+    are trained (into SATLAB_CACHE_DIR, shared with test_engine, else a fresh temp cache), every pair has a SAT
+    value, the analysis runs on the result, and neither command prints a Python warning or a source line."""
+    from test_bad_input import run_cli
+
+    monkeypatch.chdir(tmp_path)  # runs go to ./outputs; task=analyze finds the newest sat run there
+    handlers = logging.getLogger().handlers[:]  # Hydra's job logging replaces them (streams of this test's capsys)
+    monkeypatch.setattr(logging.getLogger(), "handlers", handlers[:])
+    cache = os.environ.get("SATLAB_CACHE_DIR") or str(tmp_path / "cache")
+    code, out, err = run_cli(["experiment=smoke", "trainer.enable_progress_bar=false", f"paths.cache_dir={cache}"],
+                             monkeypatch, capsys)
+    assert code == 0, err[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "sat").iterdir()
+    names, sat = read_matrix(run_dir / "sat_matrix.csv")
+    assert len(names) >= 3 and np.isfinite(sat).all(), sat
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["structure"]["same_family_auc"] is not None and not summary["floored_pairs"]
+    code, out2, err2 = run_cli(["task=analyze", "analyze.importance_seeds=1", "analyze.n_repeats=1",
+                                "analyze.n_estimators=5", f"paths.cache_dir={cache}"], monkeypatch, capsys)
+    assert code == 0, err2[-3000:]
+    (analysis,) = (tmp_path / "outputs" / "analyze").iterdir()
+    assert json.loads((analysis / "summary.json").read_text())["n_models"] == len(names)
+    console = out + err + out2 + err2
+    assert not re.search(r"Warning|\.py:\d+", console), console[-3000:]
 
 
 def test_tiny_run_writes_every_output(tmp_path):
@@ -130,12 +170,27 @@ def test_cli_imagefolder_fgsm_and_sweep(tiny_imagefolder, tmp_path, satlab_in_pr
     cache = {"SATLAB_CACHE_DIR": str(tmp_path / "cache")}
     done = satlab_in_process([*common, "attack=fgsm", "hydra.run.dir=run"], tmp_path, cache)
     assert done.returncode == 0, done.stderr[-2000:]
+    # random weights: pairs with an empty X_AB are said in one plain log line, not as a Python warning
+    assert "model pair(s) have no image both models classify correctly (empty X_AB)" in done.stdout, done.stdout
+    assert not re.search(r"Warning|\.py:\d+", done.stdout + done.stderr), done.stderr[-3000:]
     for name in OUTPUTS:
         assert (tmp_path / "run" / name).is_file(), name
     sweep = satlab_in_process(["-m", *common, "attack.eps=0.03,0.1", "hydra.sweep.dir=sweep"], tmp_path, cache)
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     eps = [json.loads((tmp_path / "sweep" / str(i) / "summary.json").read_text())["attack"]["eps"] for i in (0, 1)]
     assert eps == [8 / 255, 26 / 255]  # the budgets used: 0.03 and 0.1 snapped to whole 8-bit levels
+    # the sweep's overview beside its jobs: one row per job, the swept option as a column, each job's map
+    assert "sweep overview: sweep/sweep_overview.md" in sweep.stdout
+    table = pd.read_csv(tmp_path / "sweep" / "sweep_overview.csv", keep_default_na=False)
+    assert table[["job", "attack.eps", "status", "run"]].values.tolist() == [[0, 0.03, "ok", "sweep/0"],
+                                                                           [1, 0.1, "ok", "sweep/1"]]
+    for i in (0, 1):
+        _, sat = read_matrix(tmp_path / "sweep" / str(i) / "sat_matrix.csv")
+        finite = sat[np.triu_indices(len(sat), 1)]
+        finite = finite[np.isfinite(finite)]
+        expected = [round(float(v), 3) for v in (finite.min(), finite.max())] if len(finite) else ["", ""]
+        assert table.loc[i, ["sat_min", "sat_max"]].tolist() == expected
+    assert "| job | attack.eps | status |" in (tmp_path / "sweep" / "sweep_overview.md").read_text()
 
 
 ANALYZE_FAST = ["task=analyze", "model_set=timm_tiny", "logger=none", "analyze.importance_seeds=1", "analyze.n_repeats=1",
@@ -197,4 +252,20 @@ def test_non_editable_install_finds_its_configs(tmp_path):
                            capture_output=True, text=True, env=env, cwd=elsewhere, timeout=300)
     assert shown.returncode == 0, shown.stderr[-2000:]
     job = OmegaConf.create(shown.stdout)
-    assert (job.model_set.name, job.attack.name, job.dataset.samples_per_class) == ("timm_tiny", "fgsm", 4)
+    assert (job.model_set.name, job.attack.name, job.dataset.samples_per_class) == ("digits_tiny", "fgsm", 4)
+
+
+@pytest.mark.parametrize("value, why", [("/data/bilder_ä", ""), ("/data/my images (1)", " (mismatched input ' ('")])
+def test_a_value_hydra_cannot_read_gets_the_quoting_hint(value, why, tmp_path, monkeypatch, capsys):
+    """A path with a non-ASCII letter or a parenthesis stops Hydra's override grammar: one line that names the
+    override and shows it quoted; the quoted form then reads back as the path."""
+    from test_bad_input import assert_one_line_error, run_cli
+
+    code, _, err = run_cli(["dataset=imagefolder", f"dataset.root={value}", f"hydra.run.dir={tmp_path / 'run'}"],
+                           monkeypatch, capsys)
+    line = assert_one_line_error(code, err, f"cannot read the override 'dataset.root={value}'{why}")
+    assert line.endswith(f"""write 'dataset.root="{value}"' (double quotes for Hydra inside single quotes for the """
+                         "shell)"), line
+    assert not (tmp_path / "run").exists()
+    quoted = compose_cfg(["dataset=imagefolder", f'dataset.root="{value}"'], tmp_path)
+    assert quoted.dataset.root == value

@@ -1,12 +1,12 @@
 """The SAT engine: identical to the pair-by-pair definition, one attack per source, resumable from its cache."""
 
-from dataclasses import replace
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 
 from satlab.attacks import create_attack
 from satlab.data.digits import digits
@@ -17,7 +17,8 @@ from satlab.sat.engine import compute_records
 from satlab.sat.reference import pairwise_records
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
+QUIET = {"accelerator": "cpu", "enable_progress_bar": False, "logger": False,  # no lightning_logs/ in the cwd
+         "enable_checkpointing": False}
 
 
 def zoo_load(spec, data, recipe, cache, trainer):
@@ -27,14 +28,15 @@ def zoo_load(spec, data, recipe, cache, trainer):
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-    """timm_tiny's architectures briefly trained on digits (so X_AB is not trivial), and a small eval subset."""
+    """experiment=smoke's models (model_set=digits_tiny: timm's tiny architectures briefly trained on digits, so
+    X_AB is not trivial), trained once into SATLAB_CACHE_DIR (shared with test_cli's smoke run) or a temp dir,
+    and a small eval subset."""
     data = digits(samples_per_class=5)
-    cache = tmp_path_factory.mktemp("zoo")
-    specs = model_specs(OmegaConf.load(CONF / "model_set" / "timm_tiny.yaml"))
-    models = [
-        zoo_load(replace(s, train_seed=i), data, {"epochs": 2, "optimizer": {"lr": 3e-3}}, cache, QUIET)[0]
-        for i, s in enumerate(specs)
-    ]
+    cache = os.environ.get("SATLAB_CACHE_DIR") or str(tmp_path_factory.mktemp("zoo"))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        model_set = compose("config", overrides=["model_set=digits_tiny"]).model_set
+    specs = model_specs(model_set)
+    models = [zoo_load(s, data, model_set.train, cache, QUIET)[0] for s in specs]
     return data, specs, models
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from satlab.sat.records import load_records
@@ -14,7 +15,7 @@ from satlab.sat.records import load_records
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "WANDB_MODE": "offline",
        "OMP_NUM_THREADS": "1"}
-COMMON = ["experiment=smoke", "dataset.samples_per_class=2", "trainer.accelerator=cpu",
+COMMON = ["experiment=smoke", "model_set=timm_tiny", "dataset.samples_per_class=2", "trainer.accelerator=cpu",
           "trainer.enable_progress_bar=false", "sat.print_table=false"]
 
 
@@ -32,6 +33,11 @@ def test_submitit_shard_sweep_then_assemble_equals_one_process(tmp_path, satlab_
                    f"hydra.sweep.dir={tmp_path / 'multirun'}", "sat.shard=0/2,1/2", cache)
     assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-3000:]
     assert list((tmp_path / "multirun").glob(".submitit/*/*_submitted.pkl")), "not launched through submitit"
+    # the jobs ran in other processes: each wrote the overview from the folders, the command printed where it is
+    assert f"sweep overview: {tmp_path / 'multirun' / 'sweep_overview.md'}" in sweep.stdout
+    table = pd.read_csv(tmp_path / "multirun" / "sweep_overview.csv", keep_default_na=False)
+    assert table[["job", "sat.shard", "status"]].values.tolist() == [[0, "0/2", "ok"], [1, "1/2", "ok"]]
+    assert table["shard"].tolist() == ["test_resnet, test_convnext", "test_vit, test_efficientnet"]
     assert not list((tmp_path / "multirun").glob("*/records.npz"))  # shards write rows, not maps
     assert len(list((tmp_path / "cache" / "records").glob("*.npz"))) == 4
     done = satlab_in_process([*COMMON, "sat.assemble=true", cache, f"paths.output_dir={tmp_path / 'assembled'}"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def run(cfg: DictConfig) -> dict:
 
     tick = time.perf_counter()
     results = write_map(out, result.records, models, float(params.eps_s), int(params.n_bootstrap), int(cfg.seed),
-                        f"SAT: {cfg.model_set.name} on {data.name}, {attack.name}")
+                        map_title(str(cfg.model_set.name), data.name, attack, len(result.records.sample_ids)))
     timings["outputs"] = time.perf_counter() - tick
     summary = {**results.summary(models, keys), "attack": attack.describe(), "attack_notes": list(attack.notes),
                "bootstrap_ci": {"n_boot": int(params.n_bootstrap), "seed": int(cfg.seed), "level": 0.95},
@@ -81,6 +82,26 @@ def run(cfg: DictConfig) -> dict:
     if params.print_table:
         results.print(out)
     return summary
+
+
+def map_title(model_set: str, dataset: str, attack, n_images: int) -> str:
+    """The heatmap's title: what was compared, on how many images, under which attack.
+
+    Args:
+        model_set, dataset: their names.
+        attack: the attack as it ran (`satlab.attacks.Attack`: name, norm, the budget used, steps).
+        n_images: the evaluation images (S).
+
+    >>> from satlab.attacks import create_attack
+    >>> map_title("digits_zoo", "digits", create_attack("pgd_linf", eps=16 / 255), 360)
+    'SAT: digits_zoo on digits (360 images)\npgd_linf, L-inf eps=16/255, 10 steps'
+    """
+    norm = {"linf": "L-inf", "l2": "L2"}.get(attack.norm, attack.norm)
+    levels = attack.eps * 255
+    on_grid = attack.norm == "linf" and abs(levels - round(levels)) < 1e-6
+    eps = f"{round(levels)}/255" if on_grid else f"{attack.eps:.4g}"
+    steps = f"{attack.steps} step{'s' if attack.steps != 1 else ''}"
+    return f"SAT: {model_set} on {dataset} ({n_images} images)\n{attack.name}, {norm} eps={eps}, {steps}"
 
 
 def shard_sources(cfg: DictConfig, names: list[str], assemble: bool) -> list[str] | None:
@@ -98,7 +119,14 @@ class MapResults:
 
     def __init__(self, records: Records, models: ModelSet, eps_s: float, n_boot: int, seed: int) -> None:
         self.records, self.names = records, records.models
-        self.sat = metric.sat_matrix(records.correct, records.fooled, eps_s)
+        with warnings.catch_warnings(record=True):  # said below in plain words, without Python's source line
+            warnings.simplefilter("always", RuntimeWarning)
+            self.sat = metric.sat_matrix(records.correct, records.fooled, eps_s)
+        empty = int(np.triu(metric.joint_correct(records.correct) == 0, 1).sum())
+        if empty:
+            log.warning("%d of %d model pair(s) have no image both models classify correctly (empty X_AB): their SAT "
+                        "is NaN and the analyses leave them out; more images (dataset.samples_per_class) or more "
+                        "accurate models give them a value", empty, len(self.names) * (len(self.names) - 1) // 2)
         self.rates = metric.transfer_rates(records.correct, records.fooled)
         self.table = models_table(models, records.correct, np.diagonal(self.rates))
         self.pairs = pd.DataFrame(metric.pair_table(self.names, records.correct, records.fooled, eps_s,
