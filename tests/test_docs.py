@@ -8,8 +8,7 @@ and `hydra/...` overrides (launcher, run folder) are dropped; `--help`, `--cfg` 
 docs/bad-input.md is left out: its commands are wrong on purpose, and tests/test_bad_input.py runs them.
 
 Links: every relative link and image in those files must reach a file or folder, and an anchor (`#...`) a heading
-of the target, slugged as GitHub does. Links to pages other branches are writing (docs/datasets.md, docs/models.md,
-docs/sweeps.md) are skipped with a reason until those pages exist.
+of the target, slugged as GitHub does.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "experiments").glob("*/README.md")])
 BAD_INPUT_PAGE = ROOT / "docs" / "bad-input.md"  # commands that must fail: tests/test_bad_input.py runs them
-PENDING_PAGES = {"docs/datasets.md", "docs/models.md", "docs/sweeps.md"}  # written in other branches
 DUMMY = "/tmp/satlab-docs-placeholder"
 FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name", "-cn", "--experimental-rerun"}
 FLAGS = {"--help", "-h", "--hydra-help", "--resolve", "--version", "--shell-completion", "-sc", "--run", "-r"}
@@ -346,8 +344,6 @@ def test_slugs_are_githubs():
 def test_relative_link_resolves(where, page, target):
     path, _, anchor = target.partition("#")
     file = (page.parent / path).resolve() if path else page
-    if not file.exists() and file.is_relative_to(ROOT) and rel(file) in PENDING_PAGES:
-        pytest.skip(f"{rel(file)} is being written in another branch")
     assert file.exists(), f"{where}: {target} does not exist"
     if anchor:
         assert file.suffix == ".md", f"{where}: an anchor into {rel(file)}, which is not a page"
