@@ -186,9 +186,17 @@ def _one_line(text: str) -> str:
 
 
 def _discard_run_dir(path: Path) -> None:
-    """After bad input, remove what Hydra wrote into the run folder (.hydra/, the log); the folder if empty."""
+    """After bad input, remove what Hydra wrote into the run folder (.hydra/, the log); the folder if empty. The log
+    handlers that write there are closed and detached first, so a later run in this process (tests, notebooks)
+    never logs into a folder that is gone."""
     import shutil
 
+    for logger in (logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values()
+                                          if isinstance(lg, logging.Logger))):
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve().parent == path.resolve():
+                handler.close()
+                logger.removeHandler(handler)
     shutil.rmtree(path / ".hydra", ignore_errors=True)
     for item in path.glob("*.log"):
         item.unlink(missing_ok=True)

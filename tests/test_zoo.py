@@ -33,6 +33,7 @@ def zoo_run(tmp_path_factory):
         cfg = compose("config", overrides=["logger=none", "trainer.enable_progress_bar=false",
                                            f"model_set.models=[{','.join(MODELS)}]", "dataset.samples_per_class=10",
                                            "dataset.train_per_class=30",  # 300 training digits: fast to train
+                                           "model_set.train.batch_size=16",  # and enough steps on them
                                            *[f"model_set.catalog.{m}.model_args.channels=[8,16,32,64]" for m in SAME_ARCH],
                                            f"paths.output_dir={out}", f"paths.cache_dir={cache}"])
     return out, run(cfg)
