@@ -197,20 +197,31 @@ ANALYZE_FAST = ["task=analyze", "model_set=timm_tiny", "logger=none", "analyze.i
                 "analyze.n_estimators=5"]
 
 
-def test_runs_started_together_get_their_own_folders(tmp_path):
-    """Two runs started in the same second never share a run folder; files get the user's umask (022: 0644)."""
+def test_runs_started_together_get_their_own_folders(tmp_path, monkeypatch, satlab_in_process):
+    """Two runs started in the same second never share a run folder (the clock is pinned, so both runs' folder names
+    have the same time); files get the user's umask (022: 0644)."""
+    import datetime as dt
+
+    import hydra.core.utils
+
+    class Pinned(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 2, 6, 0, 0)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Pinned)  # Hydra's ${now:...} resolver reads this clock
     matrix = write_tiny_matrix(tmp_path / "m.csv")
-    env = {**os.environ, "SATLAB_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
-    procs = [subprocess.Popen([sys.executable, "-m", "satlab.cli", *ANALYZE_FAST, f"analyze.matrix={matrix}"],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              preexec_fn=lambda: os.umask(0o022)) for _ in range(2)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-2000:]
+    old = os.umask(0o022)
+    try:
+        for _ in range(2):
+            done = satlab_in_process([*ANALYZE_FAST, f"analyze.matrix={matrix}"], tmp_path)
+            assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        os.umask(old)
     runs = sorted((tmp_path / "outputs" / "analyze").iterdir())
     assert len(runs) == 2, runs
     for run_dir in runs:
-        assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}", run_dir.name), run_dir.name
+        assert re.fullmatch(r"2026-12-02_06-00-00_[0-9a-f]{6}", run_dir.name), run_dir.name
         summary = run_dir / "summary.json"
         assert json.loads(summary.read_text())["n_models"] == 4
         assert summary.stat().st_mode & 0o777 == 0o644

@@ -1,10 +1,6 @@
-"""Shards from the command line: a Hydra submitit_local sweep over `sat.shard` (real submitit, local processes)
-then `sat.assemble=true` gives the records of one process; bad shard input is one `satlab: error:` line."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""Shards from the command line: a Hydra submitit_local sweep over `sat.shard` (real submitit: the jobs run in
+local processes it starts) then `sat.assemble=true` gives the records of one process; bad shard input is one
+`satlab: error:` line. The commands themselves run in the test process (`satlab_in_process`)."""
 
 import numpy as np
 import pandas as pd
@@ -12,25 +8,15 @@ import pytest
 
 from satlab.sat.records import load_records
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "WANDB_MODE": "offline",
-       "OMP_NUM_THREADS": "1"}
 COMMON = ["experiment=smoke", "model_set=timm_tiny", "dataset.samples_per_class=2", "trainer.accelerator=cpu",
           "trainer.enable_progress_bar=false", "sat.print_table=false"]
-
-
-def satlab(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = [a for a in args if a == "-m"]  # Hydra's flags before the overrides
-    return subprocess.run([sys.executable, "-m", "satlab.cli", *flags, *COMMON, *[a for a in args if a != "-m"]],
-                          env=ENV, cwd=tmp,
-                          capture_output=True, text=True, timeout=900)
 
 
 def test_submitit_shard_sweep_then_assemble_equals_one_process(tmp_path, satlab_in_process):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
     cache = f"paths.cache_dir={tmp_path / 'cache'}"
-    sweep = satlab(tmp_path, "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=15",
-                   f"hydra.sweep.dir={tmp_path / 'multirun'}", "sat.shard=0/2,1/2", cache)
+    sweep = satlab_in_process(["-m", *COMMON, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=15",
+                               f"hydra.sweep.dir={tmp_path / 'multirun'}", "sat.shard=0/2,1/2", cache], tmp_path)
     assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-3000:]
     assert list((tmp_path / "multirun").glob(".submitit/*/*_submitted.pkl")), "not launched through submitit"
     # the jobs ran in other processes: each wrote the overview from the folders, the command printed where it is
