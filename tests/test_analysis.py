@@ -411,3 +411,25 @@ def test_structure_leaves_pairs_without_a_value_out():
     assert structure(sat, names, list("FGHI"), names).line() == (
         "same-family vs cross-family AUC undefined (no same-family pair) (0 vs 6 pairs; 1 pair(s) without a value "
         "left out)")
+
+
+# A digits-zoo map (rounded; as printed by one `make demo`): its largest eigengap is at k = 8 of 9 models.
+ZOO_MAP = [[4.61, 4.05, 2.8, 3.61, 3.27, 2.35, 2.42, 2.28, 2.95], [4.05, 4.61, 2.7, 3.57, 3.34, 2.09, 2.3, 2.2, 2.94],
+           [2.8, 2.7, 4.61, 3.13, 2.74, 2.24, 2.27, 2.5, 2.69], [3.61, 3.57, 3.13, 4.61, 3.61, 3.01, 3.06, 3.24, 3.44],
+           [3.27, 3.34, 2.74, 3.61, 4.61, 2.31, 2.59, 2.49, 2.8], [2.35, 2.09, 2.24, 3.01, 2.31, 4.56, 1.45, 1.54, 2.48],
+           [2.42, 2.3, 2.27, 3.06, 2.59, 1.45, 4.61, 1.69, 2.06], [2.28, 2.2, 2.5, 3.24, 2.49, 1.54, 1.69, 4.61, 3.01],
+           [2.95, 2.94, 2.69, 3.44, 2.8, 2.48, 2.06, 3.01, 4.61]]
+
+
+def test_the_eigengap_never_leaves_most_clusters_with_one_model():
+    """A small map's largest eigengap can split almost every model off (here k = 8 of 9, the most similar pair
+    apart); the number of clusters is then the largest gap whose partition has at most half singletons, and the
+    result says why. An explicit n_clusters is taken as given."""
+    sat = np.array(ZOO_MAP)
+    result = clu.spectral_clusters(sat, None, 8)
+    sizes = np.bincount(result.labels)
+    assert result.eigengap_k == 8 and result.n_clusters < 8 and 2 * (sizes == 1).sum() <= result.n_clusters
+    assert result.labels[0] == result.labels[1]  # the two ResNet-18 seeds (SAT 4.05) stay together
+    assert "would leave most clusters with a single model" in result.note
+    forced = clu.spectral_clusters(sat, 8, 8)
+    assert forced.n_clusters == 8 and forced.note == ""

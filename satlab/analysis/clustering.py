@@ -19,7 +19,10 @@ assign_labels="cluster_qr") on W (checked by the tests; that class computes the 
 which needs a random start, hence our own dense eigensolver, which also gives the eigengap). The labels are
 renumbered 0, 1, ... by first appearance in the matrix order.
 Number of clusters: `n_clusters`, or the eigengap of the normalised Laplacian L = I - D^-1/2 W D^-1/2: the k in
-[2, max_clusters] that maximises lambda_{k+1} - lambda_k.
+[2, max_clusters] that maximises lambda_{k+1} - lambda_k, among the k whose partition the map supports: at most
+half of its clusters hold a single model (on a small map the largest gap is often at k = N - 1, which splits every
+model off, the most similar pair included). When the largest gap is refused, the next largest is tried, and
+`Clustering.note` says so.
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ class Clustering:
     eigengap_k: int
     eigenvalues: np.ndarray
     affinity: str
+    note: str = ""  # why the number of clusters differs from the eigengap's k, if it does
 
 
 def spectral_clusters(
@@ -135,11 +139,24 @@ def spectral_clusters(
     vals, vecs = vals[order], vecs[:, order]
     lap = 1.0 - vals
     k_gap = eigengap(lap, max_clusters)
-    k = int(n_clusters) if n_clusters is not None else k_gap
     degree = weights.sum(axis=1)
-    embedding = vecs[:, :k] / np.sqrt(np.where(degree > 1e-300, degree, 1.0))[:, None]  # random-walk eigenvectors
-    labels = np.zeros(n, dtype=int) if k == 1 else cluster_qr(embedding)
-    return Clustering(canonical_labels(labels), k, k_gap, lap, affinity)
+    embedding = vecs / np.sqrt(np.where(degree > 1e-300, degree, 1.0))[:, None]  # random-walk eigenvectors
+
+    def labels_of(k: int) -> np.ndarray:
+        return np.zeros(n, dtype=int) if k == 1 else canonical_labels(cluster_qr(embedding[:, :k]))
+
+    if n_clusters is not None:
+        return Clustering(labels_of(int(n_clusters)), int(n_clusters), k_gap, lap, affinity)
+    hi = min(max_clusters, n - 1)
+    by_gap = sorted(range(2, hi + 1), key=lambda k: -(lap[k] - lap[k - 1])) if hi >= 2 else [k_gap]
+    for k in by_gap:
+        labels = labels_of(k)
+        singletons = int((np.bincount(labels) == 1).sum())
+        if 2 * singletons <= k or k == by_gap[-1]:
+            break
+    note = "" if k == k_gap else (f"the largest eigengap (k = {k_gap}) would leave most clusters with a single "
+                                  f"model; k = {k} is the largest gap whose clusters the map supports")
+    return Clustering(labels, k, k_gap, lap, affinity, note)
 
 
 def cluster_order(labels: np.ndarray) -> np.ndarray:

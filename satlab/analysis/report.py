@@ -185,7 +185,8 @@ def build_report(
               "initialisation: the clusters do not depend on the seed), numbered by first appearance in the "
               "matrix order.", "",
               f"Clusters: **{clustering.n_clusters}** (the eigengap suggests {clustering.eigengap_k}; the paper used "
-              "10, `analyze.n_clusters=10`).", ""]
+              "10, `analyze.n_clusters=10`)." + (f" Why not {clustering.eigengap_k}: {clustering.note}."
+                                                   if clustering.note else ""), ""]
     members = cluster_members(clusters)
     lines += markdown_table(pd.DataFrame(
         [(c, len(m), fams, ", ".join(m)) for c, m, fams in members],

@@ -261,7 +261,8 @@ def run(cfg: DictConfig) -> dict:
         "importance": {"model": imp.model, "seeds": seeds, "r2": imp.r2, "n_pairs": imp.n_pairs, "note": imp.note,
                        "ranking": imp.table["component"].tolist(),
                        "linear_ranking": imp.linear_table["component"].tolist()},
-        "clusters": {"n_clusters": result.n_clusters, "eigengap_k": result.eigengap_k, "affinity": result.affinity,
+        "clusters": {"n_clusters": result.n_clusters, "eigengap_k": result.eigengap_k, "note": result.note,
+                     "affinity": result.affinity,
                      "max_clusters_used": max_clusters, "sizes": [len(m) for _, m, _ in members]},
         "floors": {**inputs.floor_info, "n_floored_pairs": len(inputs.floor_info["pairs"])}, "ci": inputs.ci_info,
         "kappa": kappa_info, "files": {k: Path(v).name for k, v in files.items()},
@@ -343,7 +344,8 @@ def _print_results(imp, members, result, kappa_info, out_dir: Path, floor_info, 
               f"ridge {imp.r2['linear_mean']:.3f} +- {imp.r2['linear_std']:.3f}")
         if caution := report.importance_caution(imp.r2["ensemble_mean"], imp.n_pairs):
             print(f"caution: {caution}")
-    print(f"\nClusters: {result.n_clusters} (eigengap suggests {result.eigengap_k})")
+    print(f"\nClusters: {result.n_clusters} (eigengap suggests {result.eigengap_k})"
+          + (f": {result.note}" if result.note else ""))
     for c, models, fams in members:
         print(f"  cluster {c} ({len(models)}; {fams}): {', '.join(models)}")
     if kappa_info:
