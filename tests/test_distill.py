@@ -69,7 +69,7 @@ def test_gain_interval_and_rank_correlation():
 @pytest.fixture(scope="module")
 def data():
     full = digits(samples_per_class=3)
-    return replace(full, train=balanced_subset(full.train, 20))  # 200 training images: enough batches to compare
+    return replace(full, train=balanced_subset(full.train, 10))  # 100 training images: enough batches to compare
 
 
 class Teacher(nn.Module):
