@@ -17,7 +17,8 @@ from PIL import Image
 from torchvision.datasets.utils import verify_str_arg
 
 from satlab.data import data_fingerprint, labels_and_ids
-from satlab.data.torchvision_sets import FittedImages, VisionImages, read_idx, torchvision_dataset
+from satlab.data.torchvision_files import read_idx
+from satlab.data.torchvision_sets import FittedImages, VisionImages, torchvision_dataset
 from satlab.utils import SatlabError
 from test_bad_input import run_cli
 from test_data import CONF_DIR, assert_8bit_images, load

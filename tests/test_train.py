@@ -15,7 +15,7 @@ from satlab.models.factory import build_model
 from satlab.models.specs import ModelSpec
 from satlab.train import ClassificationDataModule, Recipe, Training, accuracy
 from satlab.train.zoo import ZooSource
-from satlab.trainer import build_trainer
+from satlab.lightning import build_trainer
 from satlab.utils import SatlabError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

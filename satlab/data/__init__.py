@@ -3,7 +3,8 @@
 
 The dataset functions live in their modules (`satlab.data.digits.digits`, `satlab.data.folders.imagenet`,
 `satlab.data.folders.imagefolder`, `satlab.data.flowers.flowers102`, `satlab.data.shapes.shapes`,
-`satlab.data.torchvision_sets.torchvision_dataset`) and are not re-exported here, so that
+`satlab.data.torchvision_sets.torchvision_dataset`, which reads its files through `satlab.data.torchvision_files`)
+and are not re-exported here, so that
 the module `satlab.data.digits` is not shadowed by the function of the same name (Hydra's `_target_`).
 """
 

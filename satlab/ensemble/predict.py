@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from satlab.data import data_fingerprint, labels_and_ids
 from satlab.sat.engine import EngineProgress, Positioned
-from satlab.trainer import build_trainer
+from satlab.lightning import build_trainer
 from satlab.utils import SatlabError, atomic_path, move_aside, plain, stable_hash
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from satlab.attacks import Attack
 from satlab.data import data_fingerprint, labels_and_ids
 from satlab.sat.cache import Row, adv_path, from_levels, read_adversarial, read_row, row_path, save_row, to_levels
 from satlab.sat.records import Records
-from satlab.trainer import build_trainer
+from satlab.lightning import build_trainer
 from satlab.utils import SatlabError, atomic_path, file_lock, plain
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class EngineResult:
 
 
 def make_trainer(trainer_cfg: Mapping[str, Any] | None) -> tuple[pl.Trainer, EngineProgress | None]:
-    """The Lightning Trainer the engine runs under: conf/trainer's (`satlab.trainer.build_trainer`) with gradients
+    """The Lightning Trainer the engine runs under: conf/trainer's (`satlab.lightning.build_trainer`) with gradients
     enabled for the attacks, no user callbacks, and the engine's progress bar. Several devices: forked DDP ranks."""
     settings = dict(plain(trainer_cfg) or {})
     progress = EngineProgress() if settings.get("enable_progress_bar", True) else None

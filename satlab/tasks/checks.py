@@ -245,13 +245,13 @@ TRAINER_NOT_TRIED = ("_partial_", "callbacks", "logger", "max_epochs")
 
 
 def check_trainer(trainer_cfg: Any) -> None:
-    """Build the Trainer once with the configured options (`satlab.trainer.build_trainer`, the one place a Trainer
+    """Build the Trainer once with the configured options (`satlab.lightning.build_trainer`, the one place a Trainer
     is built; less callbacks, logger and max_epochs): whatever Lightning rejects becomes `trainer: <its message>`.
     Silent, writes nothing, and puts back the global torch flags the construction sets (deterministic
     algorithms, cudnn.benchmark)."""
     import torch
 
-    from satlab.trainer import build_trainer
+    from satlab.lightning import build_trainer
 
     options = OmegaConf.to_container(trainer_cfg, resolve=True) if OmegaConf.is_config(trainer_cfg) else trainer_cfg
     options = {k: v for k, v in dict(options or {}).items() if k not in TRAINER_NOT_TRIED}

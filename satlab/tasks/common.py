@@ -44,8 +44,8 @@ def build(cfg: DictConfig, group: str) -> Any:
 
 
 def trainer_config(cfg: DictConfig) -> dict[str, Any]:
-    """conf/trainer + conf/callbacks as the one mapping `satlab.trainer.build_trainer` takes."""
-    from satlab.trainer import trainer_settings
+    """conf/trainer + conf/callbacks as the one mapping `satlab.lightning.build_trainer` takes."""
+    from satlab.lightning import trainer_settings
 
     return trainer_settings(cfg.trainer, cfg.get("callbacks"))
 

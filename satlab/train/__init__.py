@@ -1,6 +1,6 @@
 """The training layer (above models/): a DataModule per dataset, a classifier LightningModule built from config,
 content-keyed safetensors checkpoints, and the sources of weights that need training. Used by the digits zoo,
-`task=train` (fine-tuning) and `task=distill`. The Trainer comes from `satlab.trainer` (conf/trainer).
+`task=train` (fine-tuning) and `task=distill`. The Trainer comes from `satlab.lightning` (conf/trainer).
 
     recipe.py      a training recipe (defaults in conf/recipe/default.yaml, merged with OmegaConf)
     datamodule.py  ClassificationDataModule: train / val / eval splits, augmentation, workers, decoded-image cache

@@ -3,7 +3,7 @@
 `Training` is one training run (a network to build, a recipe, data, Trainer settings, a seed). Its key hashes
 everything that determines the trained weights, so a second run with the same key loads them instead of
 training, and `stored_info` reads what a cached run recorded (its content key among it) without loading them.
-The Trainer comes from `satlab.trainer.build_trainer` (conf/trainer + conf/callbacks; `max_epochs: null` means
+The Trainer comes from `satlab.lightning.build_trainer` (conf/trainer + conf/callbacks; `max_epochs: null` means
 each recipe's `epochs`).
 """
 
@@ -24,7 +24,7 @@ from satlab.models.wrapper import PixelModel
 from satlab.train.datamodule import ClassificationDataModule
 from satlab.train.module import ClassifierModule, accuracy
 from satlab.train.recipe import Recipe
-from satlab.trainer import build_trainer
+from satlab.lightning import build_trainer
 from satlab.utils import file_lock, plain, read_cached_weights, stable_hash, write_cached_weights
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Training:
         build: builds the starting network (called after seeding, so its random init is reproducible).
         name: the model's name (file names, logs).
         recipe, data, cache_dir: how, on what, and where the weights are cached (`<cache_dir>/<subdir>/`).
-        trainer_cfg: conf/trainer + conf/callbacks (`satlab.trainer.trainer_settings`).
+        trainer_cfg: conf/trainer + conf/callbacks (`satlab.lightning.trainer_settings`).
         seed: seeds the run (init, data order, augmentation).
         identity: what else determines the weights (architecture, source weights, distillation setting, ...).
         trainable: "all" or "head" (linear probe).

@@ -41,7 +41,7 @@ def open_model_set(
         data: the dataset the models are evaluated on (zoo models are also trained on its train split).
         seed: the run's seed (random init of untrained timm models).
         cache_dir: where zoo weights are cached.
-        trainer_cfg: conf/trainer + conf/callbacks (`satlab.trainer.trainer_settings`) for zoo training.
+        trainer_cfg: conf/trainer + conf/callbacks (`satlab.lightning.trainer_settings`) for zoo training.
         names: these models of the set (catalog names) instead of its `models` list.
         own_heads: keep each model's own classifier (pretrained head, a checkpoint's class count) instead of
             the dataset's class count: the source networks of fine-tuning.

@@ -39,7 +39,7 @@ class ZooSource:
         spec: the model (with `train_seed`).
         data: the dataset it is trained and checked on.
         train: the model set's recipe node (`model_set.train`).
-        cache_dir: the cache; trainer_cfg: conf/trainer + conf/callbacks (`satlab.trainer.trainer_settings`).
+        cache_dir: the cache; trainer_cfg: conf/trainer + conf/callbacks (`satlab.lightning.trainer_settings`).
     """
 
     def __init__(self, spec: ModelSpec, data: DatasetSplits, train: Mapping[str, Any] | None, cache_dir: str | Path,

@@ -4,7 +4,7 @@
 The settings are `conf/trainer` (a `_target_` node, `pytorch_lightning.Trainer` by default) with the callbacks of
 `conf/callbacks` under the key `callbacks` (name -> `_target_` node), as one plain mapping:
 
-    >>> from satlab.trainer import build_trainer
+    >>> from satlab.lightning import build_trainer
     >>> trainer = build_trainer({"accelerator": "cpu", "enable_progress_bar": False}, max_epochs=1)
     >>> trainer.max_epochs
     1
