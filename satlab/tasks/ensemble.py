@@ -56,9 +56,9 @@ def matrix_source(cfg: DictConfig, names: list[str], out: Path, models: Any = No
     missing = SatlabError(f"no SAT matrix of model set {cfg.model_set.name} on this dataset: pass "
                           "ensemble.sat_matrix=<sat_matrix.csv> (e.g. the paper's SAT_release.csv), or set "
                           "ensemble.compute_sat=true to compute it here")
-    if models is None:
-        runs = [set((read_summary(r) or {}).get("model_keys") or {}) for r in run_dirs("sat", "ensemble")]
-        if not cfg.ensemble.compute_sat and not any(set(names) <= held for held in runs):
+    if models is None:  # summaries are read only when a missing matrix would be an error
+        if not cfg.ensemble.compute_sat and not any(
+                set(names) <= set((read_summary(r) or {}).get("model_keys") or {}) for r in run_dirs("sat", "ensemble")):
             raise missing
         return None
     found = find_map(dict(zip(names, models.keys())), context, exclude=out)
