@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCHATTACKS := torchattacks==3.5.1
 
-.PHONY: demo test install install-dev bench bench-ensemble clean
+.PHONY: demo test install install-dev bench bench-engine bench-gpu bench-ensemble clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,17 @@ TEST_WORKERS ?= 2
 test: install-dev
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-bench: install-dev
+# maps at scale: memory and time against N, the engine against a plain loop, the paper69 dry run, costs
+bench: install
+	$(PY) experiments/benchmarks/scale_bench.py $(ARGS)
+
+# one attack against bare steps and torchattacks, the engine against the pairwise loop
+bench-engine: install-dev
 	$(PY) experiments/benchmarks/engine_bench.py $(ARGS)
+
+# on a machine with a CUDA GPU: throughput at 224 px in bf16, fraction of the FLOP-limited rate, paper-scale cost
+bench-gpu: install
+	$(PY) experiments/benchmarks/gpu_bench.py $(ARGS)
 
 bench-ensemble: install
 	$(PY) experiments/benchmarks/ensemble_bench.py $(ARGS)

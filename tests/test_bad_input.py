@@ -134,6 +134,19 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["attack.eps=0.001"], "attack.eps=0.001 is less than half an 8-bit level"),
     (["attack.steps=0"], "attack.steps=0 must be an integer >= 1"),
     (["attack.loss=marign"], "attack.loss=marign is unknown; choose one of ce, margin; did you mean margin?"),
+    # tiles of a map and the engine's memory budget (satlab.sat.schedule)
+    (["sat.tiles=2x2", "sat.assemble=true"], "4 of 4 tile(s) are not in the cache: sat.tile=0,1,2,3 "),
+    (["sat.tiles=2x2"], "sat.tile=null: say which of the 4 tiles this job computes"),
+    (["sat.tiles=2x2", "sat.tile=4"], "0 <= sat.tile < 4 (a sweep: sat.tile=range(4))"),
+    (["sat.tile=1"], "sat.tile=1 needs sat.tiles (e.g. sat.tiles=2x2 sat.tile=0)"),
+    (["sat.tiles=[{sources:all,targets:all},{sources:[test_vit],targets:all}]", "sat.tile=0"],
+     "sat.tiles overlap: tiles 0 and 1 both hold the pair test_vit -> test_convnext"),
+    (["sat.tiles=[{sources:[test_vit],targets:all}]", "sat.tile=0"],
+     "sat.tiles leave 12 pair(s) of the map in no tile (test_resnet -> test_resnet"),
+    (["sat.tiles=2x2", "sat.tile=0", "sat.resume=false"], "meet in the records cache: set sat.resume=true"),
+    (["sat.memory_budget=0"], "sat.memory_budget=0: phase 2 needs at least one model resident"),
+    (["sat.memory_budget=0.5MiB"], "sat.memory_budget=0.5MiB is smaller than model 'test_resnet'"),
+    (["sat.memory_budget=lots"], "sat.memory_budget=lots: use auto, a number of models (e.g. 4) or a size"),
 ]
 
 
@@ -191,8 +204,9 @@ def assert_one_line_error(code: int, err: str, fragment: str) -> str:
 
 @pytest.mark.parametrize("args, fragment", BAD_INPUTS, ids=[" ".join(a)[:60] for a, _ in BAD_INPUTS])
 def test_bad_input_one_line_exit_2_nothing_written(args, fragment, tmp_path, monkeypatch, capsys):
-    args = [a.format(**{k: _input(k, tmp_path) for k in ("one_class", "one_class_eval", "tree", "ckpt7", "empty")
-                        if "{" + k + "}" in a}) for a in args]
+    names = ("one_class", "one_class_eval", "tree", "ckpt7", "empty")
+    args = [a.format(**{k: _input(k, tmp_path) for k in names if "{" + k + "}" in a})
+            if any("{" + k + "}" in a for k in names) else a for a in args]
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     code, _, err = run_cli([*BASE, *args, f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"], monkeypatch, capsys)
     assert_one_line_error(code, err, fragment)

@@ -20,6 +20,7 @@ from satlab.data.folders import imagefolder
 from satlab.models.factory import build_model
 from satlab.models.specs import ModelSpec
 from satlab.train.zoo import ZooSource
+from satlab.models import ModelSet
 from satlab.sat.engine import compute_records
 from satlab.utils import SatlabError, check_writable_dir
 
@@ -51,7 +52,7 @@ def images(n=24, res=16, seed=0):
 
 
 def records(models, names, data, cache=None, attack=ATTACK, seed=0):
-    return compute_records(models, names, [m.fingerprint() for m in models], data, attack, seed=seed,
+    return compute_records(ModelSet.from_models(names, models), data, attack, seed=seed,
                            batch_size=64, cache_dir=cache, trainer_cfg=QUIET)
 
 
@@ -110,23 +111,24 @@ def test_changed_weights_are_not_reused_reordered_models_are(tmp_path):
     assert (changed.records.fooled == records(models, names, data).records.fooled).all()
 
 
-def test_row_with_other_stored_correctness_is_rejected(tmp_path, caplog):
+def test_column_with_other_stored_correctness_is_computed_again(tmp_path, caplog):
     models, names = tiny_models()
     data = images()
     first = records(models, names, data, tmp_path)
     row = next((tmp_path / "records").glob("vit-*.npz"))
     with np.load(row) as cached:
         arrays = dict(cached)
-    arrays["correct"][0, 0] = ~arrays["correct"][0, 0]  # as if resnet had classified one image differently
+    column = list(arrays["target_keys"]).index(models[0].fingerprint())
+    arrays["correct"][column, 0] = ~arrays["correct"][column, 0]  # as if resnet had classified an image differently
     with open(row, "wb") as fh:
         np.savez_compressed(fh, **arrays)
     with caplog.at_level(logging.INFO, logger="satlab"):
         again = records(models, names, data, tmp_path)
-    assert again.reused == ["resnet"] and again.computed == ["vit"]
-    assert any(row.name in r.getMessage() and "differently" in r.getMessage() and r.levelno == logging.WARNING
-               for r in caplog.records)
+    assert again.reused == ["resnet"] and again.completed == ["vit"] and again.computed == []
+    assert any("source vit: its cached columns for resnet" in r.getMessage() and "differently" in r.getMessage()
+               and r.levelno == logging.WARNING for r in caplog.records)
     assert (again.records.fooled == first.records.fooled).all()
-    assert any("reused cached row" in r.getMessage() for r in caplog.records)  # the console says what was reused
+    assert any("source resnet: reused cached row" in r.getMessage() for r in caplog.records)  # the console says it
 
 
 def test_truncated_row_is_named_moved_aside_and_recomputed(tmp_path, caplog):

@@ -1,5 +1,5 @@
 """Caches across processes: two concurrent runs share the per-source rows (no source attacked twice), and a run
-killed with SIGKILL resumes to a byte-identical sat_matrix.csv, reusing the rows it had finished."""
+killed with SIGKILL resumes to a byte-identical sat_matrix.csv, attacking none of the sources it had finished."""
 
 import fcntl
 import json
@@ -29,6 +29,7 @@ from satlab.attacks import create_attack
 from satlab.data.common import TensorImages
 from satlab.models.factory import build_model
 from satlab.models.specs import ModelSpec
+from satlab.models import ModelSet
 from satlab.sat.engine import compute_records
 
 cache, go = Path(sys.argv[1]), Path(sys.argv[2])
@@ -40,7 +41,7 @@ data = TensorImages(torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8, ge
                     [i % 3 for i in range(48)], range(48))
 while not go.exists():
     time.sleep(0.02)
-result = compute_records(models, names, [m.fingerprint() for m in models], data,
+result = compute_records(ModelSet.from_models(names, models), data,
                          create_attack("pgd_linf", eps=8 / 255, steps=20), batch_size=64, cache_dir=cache,
                          trainer_cfg={"accelerator": "cpu", "enable_progress_bar": False})
 digest = hashlib.sha256(result.records.fooled.tobytes() + result.records.correct.tobytes()).hexdigest()
@@ -99,7 +100,7 @@ def test_two_concurrent_runs_share_the_rows(tmp_path):
     assert not set(first["computed"]) & set(second["computed"]), (first, second)  # no source attacked twice
     assert sorted(first["computed"] + second["computed"]) == sorted(names)
     locked_source = busy[0].name[1:].rsplit("-", 1)[0]  # ".<source>-<key>.npz.lock"
-    assert locked_source in second["reused"]  # it waited for the first run's row instead of attacking it
+    assert locked_source not in second["computed"]  # it waited for the first run's attack instead of repeating it
     assert first["digest"] == second["digest"]
 
 
@@ -129,11 +130,12 @@ def test_resume_after_kill_is_byte_identical(tmp_path):
         for p in (reference, killed):
             p.kill()
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
-    assert sorted(f"{s}-" for s in summary["reused_sources"]) == sorted(n.rsplit("-", 1)[0] + "-" for n in done)
-    assert summary["computed_sources"], "the kill came after every row was written; nothing was resumed"
-    for source in summary["reused_sources"]:
-        assert f"source {source}: reused cached row" in log
-    assert "records: " in log and "reused" in log
+    finished = {n.rsplit("-", 1)[0] for n in done}  # sources attacked before the kill: their rows and images stay
+    assert finished and not finished & set(summary["computed_sources"]), (finished, summary["computed_sources"])
+    assert summary["computed_sources"], "the kill came after every source was attacked; nothing was resumed"
+    for source in finished:
+        assert f"source {source}: cached row lacks" in log and source in summary["completed_sources"]
+    assert "records: " in log and "completed from stored adversarial images" in log
     ours = (tmp_path / "resumed" / "sat_matrix.csv").read_bytes()
     assert ours == (tmp_path / "reference" / "sat_matrix.csv").read_bytes()
     a, b = load_records(tmp_path / "resumed" / "records.npz"), load_records(tmp_path / "reference" / "records.npz")

@@ -13,6 +13,7 @@ from satlab.data.digits import digits
 from satlab.models.specs import model_specs
 from satlab.train.zoo import ZooSource
 from satlab.sat import metric
+from satlab.models import ModelSet
 from satlab.sat.engine import compute_records
 from satlab.sat.reference import pairwise_records
 
@@ -44,7 +45,7 @@ def test_engine_equals_pairwise_reference(tiny_setup):
     data, specs, models = tiny_setup
     names = [s.name for s in specs]
     attack = create_attack("pgd_linf", eps=16 / 255, steps=3)
-    result = compute_records(models, names, [m.fingerprint() for m in models], data.eval, attack,
+    result = compute_records(ModelSet.from_models(names, models), data.eval, attack,
                              batch_size=16, trainer_cfg=QUIET)
     ref = pairwise_records(models, names, data.eval, attack, batch_size=16)
     rec = result.records
@@ -71,7 +72,7 @@ def test_one_attack_per_source_only_on_correct_images(tiny_setup):
             calls.append((id(model), len(x)))
             return attack(model, x, y, seeds)
 
-    rec = compute_records(models, names, [m.fingerprint() for m in models], data.eval, Counting(),
+    rec = compute_records(ModelSet.from_models(names, models), data.eval, Counting(),
                           batch_size=len(data.eval), trainer_cfg=QUIET).records
     # one batch holds every sample: exactly one attack call per source, on the images it gets right
     assert [n for _, n in calls] == rec.correct.sum(axis=1).tolist()
@@ -83,21 +84,21 @@ def test_resume_reuses_cached_source_rows(tiny_setup, tmp_path):
     names = [s.name for s in specs]
     keys = [m.fingerprint() for m in models]
     attack = create_attack("pgd_linf", eps=16 / 255, steps=2)
-    first = compute_records(models, names, keys, data.eval, attack, cache_dir=tmp_path, trainer_cfg=QUIET)
+    first = compute_records(ModelSet.from_models(names, models), data.eval, attack, cache_dir=tmp_path, trainer_cfg=QUIET)
     assert first.reused == [] and first.computed == names and len(list((tmp_path / "records").glob("*.npz"))) == 4
-    again = compute_records(models, names, keys, data.eval, attack, cache_dir=tmp_path, trainer_cfg=QUIET)
+    again = compute_records(ModelSet.from_models(names, models), data.eval, attack, cache_dir=tmp_path, trainer_cfg=QUIET)
     assert again.reused == names and again.computed == []
     assert (again.records.fooled == first.records.fooled).all()
     # another attack budget is another key: nothing reused
     other = create_attack("pgd_linf", eps=8 / 255, steps=2)
-    third = compute_records(models, names, keys, data.eval, other, cache_dir=tmp_path, trainer_cfg=QUIET)
+    third = compute_records(ModelSet.from_models(names, models), data.eval, other, cache_dir=tmp_path, trainer_cfg=QUIET)
     assert third.reused == []
 
 
 def test_engine_does_not_touch_model_weights(tiny_setup):
     data, specs, models = tiny_setup
     before = [p.detach().clone() for p in models[0].parameters()]
-    compute_records(models[:2], [s.name for s in specs[:2]], ["a", "b"], data.eval,
+    compute_records(ModelSet.from_models([s.name for s in specs[:2]], models[:2]), data.eval,
                     create_attack("pgd_linf", eps=8 / 255, steps=2), trainer_cfg=QUIET)
     assert all(torch.equal(a, b) for a, b in zip(before, models[0].parameters()))
     assert all(p.grad is None for p in models[0].parameters())

@@ -1,5 +1,6 @@
-"""Maps past one machine: incremental maps from stored adversarial images, shards assembled from the cache,
-bf16 autocast kept off the adversarial image. Tiny random-init timm models on 24 random 16-px images."""
+"""Maps past one machine and past memory: the two phases with any block of targets, rows that only grow, maps
+grown from stored adversarial images, tiles and shards assembled from the cache, bf16 autocast kept off the
+adversarial image, forked DDP ranks. Tiny random-init timm models on 24 random 16-px images."""
 
 import logging
 
@@ -10,10 +11,12 @@ from torch import nn
 
 from satlab.attacks import create_attack
 from satlab.data.common import TensorImages
-from satlab.models.factory import build_model
+from satlab.models import ModelSet
+from satlab.models.factory import build_model, module_bytes
 from satlab.models.specs import ModelSpec
 from satlab.sat.engine import assemble_records, compute_records
-from satlab.sat.shards import select_sources
+from satlab.sat.reference import pairwise_records
+from satlab.sat.schedule import Budget, shard_tile, target_blocks, tile_list
 from satlab.utils import SatlabError
 
 QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
@@ -36,6 +39,9 @@ class Counted(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls.append((self.name, torch.is_grad_enabled(), len(x)))
         return self.model(x)
+
+    def fingerprint(self) -> str:
+        return self.model.fingerprint()
 
 
 class CountedAttack:
@@ -66,62 +72,118 @@ def zoo():
     return models, keys, data
 
 
-def run(zoo, k, cache=None, calls=None, sources=None, trainer=None, **kwargs):
-    models, keys, data = zoo
+def run(zoo, k, cache=None, calls=None, tile=None, trainer=None, only=None, **kwargs):
+    """The engine on models m0..m{k-1} (or the models `only`), logging their calls into `calls`."""
+    models, _, data = zoo
     calls = [] if calls is None else calls
-    wrapped = [Counted(m, f"m{i}", calls) for i, m in enumerate(models[:k])]
-    return compute_records(wrapped, [f"m{i}" for i in range(k)], keys[:k], data, CountedAttack(calls), batch_size=64,
-                           cache_dir=cache, trainer_cfg={**QUIET, **(trainer or {})}, sources=sources, **kwargs)
+    idx = range(k) if only is None else [int(n[1:]) for n in only]
+    wrapped = ModelSet.from_models([f"m{i}" for i in idx], [Counted(models[i], f"m{i}", calls) for i in idx])
+    return compute_records(wrapped, data, CountedAttack(calls), batch_size=64, cache_dir=cache,
+                           trainer_cfg={**QUIET, **(trainer or {})}, tile=tile, **kwargs)
 
 
-def cost(calls: list, steps: int) -> dict[str, tuple[int, int]]:
-    """Per model: (attacks, no-grad forward calls) from a call log (one batch holds every image)."""
+def work(calls: list) -> dict[str, tuple[int, int]]:
+    """Per model: (attacks, images through its no-grad forward passes) from a call log."""
     out: dict[str, tuple[int, int]] = {}
     for name in {c if isinstance(c, str) else c[0] for c in calls}:
-        grad = sum(1 for c in calls if isinstance(c, tuple) and c[0] == name and c[1])
         attacks = sum(1 for c in calls if c == name)
-        assert grad == attacks * steps
-        out[name] = (attacks, sum(1 for c in calls if isinstance(c, tuple) and c[0] == name and not c[1]))
+        out[name] = (attacks, sum(c[2] for c in calls if isinstance(c, tuple) and c[0] == name and not c[1]))
     return out
 
 
-def expected_cost(correct: np.ndarray, old: int) -> dict[str, tuple[int, int]]:
-    """Adding models old..N-1 to a map of models 0..old-1: one attack per new model; forward passes: the clean
-    pass (1 per model) plus one evaluation per NEW pair (source or target new) whose X_AB is not empty."""
-    n = len(correct)
-    evals = [sum(1 for s in range(n) if (s >= old or t >= old) and (correct[s] & correct[t]).any()) for t in range(n)]
-    return {f"m{t}": (int(t >= old), 1 + evals[t]) for t in range(n)}
+def expected_work(correct: np.ndarray, old: int) -> dict[str, tuple[int, int]]:
+    """Adding models old..N-1 to a map of models 0..old-1 whose rows and images are stored: one attack per new
+    model (its clean pass on the S images and its own evaluation on X_A), and each NEW pair (source or target
+    new) evaluated on its X_AB only; an old model runs no clean pass (its row holds its correctness)."""
+    n, s = correct.shape
+    joint = correct.astype(int) @ correct.T.astype(int)
+    out = {}
+    for t in range(n):
+        images = sum(joint[a, t] for a in range(n) if a != t and (a >= old or t >= old))
+        if t >= old:
+            images += s + joint[t, t]
+        if images or t >= old:
+            out[f"m{t}"] = (int(t >= old), int(images))
+    return out
 
 
 def test_adding_models_costs_their_attacks_and_new_pairs_only(zoo, tmp_path, caplog):
-    first = run(zoo, 2, tmp_path, store_adversarial=True)
+    first = run(zoo, 2, tmp_path)
     assert first.computed == ["m0", "m1"] and len(list((tmp_path / "records").glob("*.adv.npy"))) == 2
     for old, new in ((2, 3), (3, 5)):  # add 1 model, then 2 more
         calls: list = []
         with caplog.at_level(logging.INFO):
-            added = run(zoo, new, tmp_path, calls, store_adversarial=True)
+            added = run(zoo, new, tmp_path, calls)
         assert added.completed == [f"m{i}" for i in range(old)] and added.reused == []
         assert added.computed == [f"m{i}" for i in range(old, new)]
-        correct = added.records.correct
-        assert cost(calls, ATTACK.steps) == expected_cost(correct, old)
-        assert sum(a for a, _ in cost(calls, ATTACK.steps).values()) == new - old
+        assert work(calls) == expected_work(added.records.correct, old)
         full = run(zoo, new)  # recomputed from scratch, no cache
         assert np.array_equal(added.records.correct, full.records.correct)
         assert np.array_equal(added.records.fooled, full.records.fooled)
-    assert added.records.fooled.any() and "evaluating them on its stored adversarial images" in caplog.text
+    assert added.records.fooled.any()
+    assert "source m0: cached row lacks 2 target(s) (m3, m4); evaluating them on its stored adversarial images" \
+        in caplog.text
     again = run(zoo, 5, tmp_path)  # every row now covers every target
     assert again.reused == [f"m{i}" for i in range(5)]
 
 
+def test_rows_only_grow_so_subset_and_superset_runs_share_work(zoo, tmp_path):
+    run(zoo, 0, tmp_path, only=["m0", "m1", "m2"])
+    run(zoo, 0, tmp_path, only=["m0", "m1", "m3"])  # adds m3's columns to m0's and m1's rows, keeps m2's
+    calls: list = []
+    again = run(zoo, 0, tmp_path, calls, only=["m0", "m1", "m2"])
+    assert calls == [] and again.reused == ["m0", "m1", "m2"]  # nothing attacked, no model even run
+    assert np.array_equal(again.records.fooled, run(zoo, 0, only=["m0", "m1", "m2"]).records.fooled)
+
+
+@pytest.mark.parametrize("budget", [Budget(models=1), Budget(models=2), Budget(models=5), Budget(nbytes=2**40),
+                                    Budget(nbytes=3_000_000)])
+def test_every_block_size_gives_the_records_of_the_definition(zoo, budget):
+    models, _, data = zoo
+    got = run(zoo, 5, memory_budget=budget)
+    sizes = {f"m{i}": module_bytes(m) for i, m in enumerate(models)}
+    blocks = {1: 5, 2: 3, 5: 1}.get(budget.models) or len(target_blocks(list(sizes), sizes, budget))
+    assert got.blocks == blocks and (budget.nbytes != 3_000_000 or blocks > 1), sizes
+    ref = pairwise_records(models, [f"m{i}" for i in range(5)], data, ATTACK, batch_size=64)
+    assert np.array_equal(got.records.correct, ref.correct) and np.array_equal(got.records.fooled, ref.fooled)
+    assert got.records.fooled.any()
+
+
+def test_a_budget_smaller_than_one_model_is_refused_before_any_work(zoo):
+    calls: list = []
+    with pytest.raises(SatlabError, match=r"sat.memory_budget=.* is smaller than model 'm0'"):
+        run(zoo, 3, calls=calls, memory_budget=Budget(nbytes=1000))
+    assert [c for c in calls if isinstance(c, str)] == []
+
+
 def test_without_stored_images_only_incomplete_rows_are_attacked_again(zoo, tmp_path, caplog):
-    run(zoo, 2, tmp_path)
+    run(zoo, 2, tmp_path, store_adversarial=False)
+    assert not list((tmp_path / "records").glob("*.adv.npy")) and not list((tmp_path / "records").glob(".images-*"))
     calls: list = []
     with caplog.at_level(logging.INFO):
-        added = run(zoo, 3, tmp_path, calls)
+        added = run(zoo, 3, tmp_path, calls, store_adversarial=False)
     assert added.computed == ["m0", "m1", "m2"] and added.completed == []
     assert sorted(c for c in calls if isinstance(c, str)) == ["m0", "m1", "m2"]
-    assert "adversarial images were not stored; attacking it again" in caplog.text
+    assert "source m0: cached row lacks 1 target(s) (m2); its adversarial images were not stored; attacking it " \
+           "again (sat.store_adversarial=true keeps them next time)" in caplog.text
     assert np.array_equal(added.records.fooled, run(zoo, 3).records.fooled)
+
+
+def test_tiles_then_assemble_equal_one_process(zoo, tmp_path):
+    _, keys, data = zoo
+    names = [f"m{i}" for i in range(4)]
+    tiles = tile_list(names, "2x2")
+    for tile in tiles[:3]:
+        assert run(zoo, 4, tmp_path, tile=tile).records is None
+    with pytest.raises(SatlabError, match=r"1 of 4 tile\(s\) are not in the cache: sat.tile=3 "):
+        assemble_records(names, keys[:4], data, ATTACK, tmp_path, trainer_cfg=QUIET, tiles=tiles)
+    calls: list = []
+    last = run(zoo, 4, tmp_path, calls, tile=tiles[3])
+    assert last.computed == [] and [c for c in calls if isinstance(c, str)] == []  # its sources were attacked
+    assembled = assemble_records(names, keys[:4], data, ATTACK, tmp_path, trainer_cfg=QUIET, tiles=tiles)
+    one = run(zoo, 4).records
+    for key in ("correct", "fooled", "sample_ids", "labels"):
+        assert np.array_equal(getattr(assembled.records, key), getattr(one, key))
 
 
 def test_shards_then_assemble_equal_one_process(zoo, tmp_path):
@@ -129,11 +191,11 @@ def test_shards_then_assemble_equal_one_process(zoo, tmp_path):
     names = [f"m{i}" for i in range(3)]
     with pytest.raises(SatlabError, match="no complete cached row for 3 source"):
         assemble_records(names, keys[:3], data, ATTACK, tmp_path, trainer_cfg=QUIET)
-    shard = run(zoo, 3, tmp_path, sources=select_sources(names, "0/2"))
+    shard = run(zoo, 3, tmp_path, tile=shard_tile(names, "0/2"))
     assert shard.records is None and shard.computed == ["m0", "m2"]
     with pytest.raises(SatlabError, match=r"source\(s\): m1 "):
         assemble_records(names, keys[:3], data, ATTACK, tmp_path, trainer_cfg=QUIET)
-    assert run(zoo, 3, tmp_path, sources=select_sources(names, "1/2")).computed == ["m1"]
+    assert run(zoo, 3, tmp_path, tile=shard_tile(names, "1/2")).computed == ["m1"]
     assembled = assemble_records(names, keys[:3], data, ATTACK, tmp_path, trainer_cfg=QUIET)  # takes no models
     assert assembled.reused == names and assembled.computed == []
     one = run(zoo, 3).records
@@ -147,25 +209,25 @@ def test_shards_then_assemble_equal_one_process(zoo, tmp_path):
 ])
 def test_bad_shards_are_refused(shard, message):
     with pytest.raises(SatlabError, match=message):
-        select_sources(["m0", "m1", "m2"], shard)
+        shard_tile(["m0", "m1", "m2"], shard)
 
 
 def test_shards_cover_every_source_once():
     names = [f"m{i}" for i in range(7)]
-    parts = [select_sources(names, f"{i}/3") for i in range(3)]
-    assert sorted(sum(parts, [])) == sorted(names)
+    parts = [shard_tile(names, f"{i}/3").sources for i in range(3)]
+    assert sorted(sum(parts, ())) == sorted(names)
 
 
 def test_bf16_autocast_keeps_adversarial_images_on_8bit_levels(zoo, tmp_path):
     plain = run(zoo, 2, tmp_path / "a")
     assert np.array_equal(plain.records.fooled, run(zoo, 2, amp=False).records.fooled)  # CPU default: off
-    cast = run(zoo, 2, tmp_path / "a", amp=True, store_adversarial=True)  # stores only 8-bit images, else raises
+    cast = run(zoo, 2, tmp_path / "a", amp=True)  # stores only 8-bit images, else raises
     assert cast.reused == [] and cast.computed == ["m0", "m1"]  # another precision, another key
-    assert len(list((tmp_path / "a" / "records").glob("*.adv.npy"))) == 2
+    assert len(list((tmp_path / "a" / "records").glob("*.adv.npy"))) == 4  # 2 sources x 2 precisions
 
 
-def test_two_cpu_processes_split_the_sources_and_equal_one(zoo, tmp_path):
-    two = run(zoo, 3, tmp_path, trainer={"devices": 2}, store_adversarial=True)  # DDP, gloo, forked ranks
+def test_two_cpu_processes_split_the_batches_and_equal_one(zoo, tmp_path):
+    two = run(zoo, 3, tmp_path, trainer={"devices": 2})  # DDP, gloo, forked ranks
     assert two.computed == ["m0", "m1", "m2"] and len(list((tmp_path / "records").glob("*.adv.npy"))) == 3
     assert not list((tmp_path / "records").glob(".ranks-*"))
     one = run(zoo, 3).records

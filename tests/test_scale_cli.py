@@ -1,6 +1,7 @@
-"""Shards from the command line: a Hydra submitit_local sweep over `sat.shard` (real submitit: the jobs run in
-local processes it starts) then `sat.assemble=true` gives the records of one process; bad shard input is one
-`satlab: error:` line. The commands themselves run in the test process (`satlab_in_process`)."""
+"""Tiles from the command line: a Hydra submitit_local sweep over `sat.tile` of `sat.tiles=2x2` (real submitit:
+the jobs run in local processes it starts) then `sat.assemble=true` gives the records of one process; bad shard
+input is one `satlab: error:` line (bad tiles and memory budgets: tests/test_bad_input.py). The commands themselves
+run in the test process (`satlab_in_process`)."""
 
 import numpy as np
 import pandas as pd
@@ -12,22 +13,24 @@ COMMON = ["experiment=smoke", "model_set=timm_tiny", "dataset.samples_per_class=
           "trainer.enable_progress_bar=false", "sat.print_table=false"]
 
 
-def test_submitit_shard_sweep_then_assemble_equals_one_process(tmp_path, satlab_in_process):
+def test_submitit_tile_sweep_then_assemble_equals_one_process(tmp_path, satlab_in_process):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
     cache = f"paths.cache_dir={tmp_path / 'cache'}"
     sweep = satlab_in_process(["-m", *COMMON, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=15",
-                               f"hydra.sweep.dir={tmp_path / 'multirun'}", "sat.shard=0/2,1/2", cache], tmp_path)
+                               f"hydra.sweep.dir={tmp_path / 'multirun'}", "sat.tiles=2x2", "sat.tile=range(4)",
+                               cache], tmp_path)
     assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-3000:]
     assert list((tmp_path / "multirun").glob(".submitit/*/*_submitted.pkl")), "not launched through submitit"
     # the jobs ran in other processes: each wrote the overview from the folders, the command printed where it is
     assert f"sweep overview: {tmp_path / 'multirun' / 'sweep_overview.md'}" in sweep.stdout
     table = pd.read_csv(tmp_path / "multirun" / "sweep_overview.csv", keep_default_na=False)
-    assert table[["job", "sat.shard", "status"]].values.tolist() == [[0, "0/2", "ok"], [1, "1/2", "ok"]]
-    assert table["shard"].tolist() == ["test_resnet, test_convnext", "test_vit, test_efficientnet"]
-    assert not list((tmp_path / "multirun").glob("*/records.npz"))  # shards write rows, not maps
+    assert table[["job", "sat.tile", "status"]].values.tolist() == [[i, i, "ok"] for i in range(4)]
+    assert table["tile"].tolist()[:2] == ["test_resnet, test_convnext x test_resnet, test_convnext",
+                                          "test_resnet, test_convnext x test_vit, test_efficientnet"]
+    assert not list((tmp_path / "multirun").glob("*/records.npz"))  # tiles write rows, not maps
     assert len(list((tmp_path / "cache" / "records").glob("*.npz"))) == 4
-    done = satlab_in_process([*COMMON, "sat.assemble=true", cache, f"paths.output_dir={tmp_path / 'assembled'}"],
-                             tmp_path)
+    done = satlab_in_process([*COMMON, "sat.tiles=2x2", "sat.assemble=true", cache,
+                              f"paths.output_dir={tmp_path / 'assembled'}"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     one = satlab_in_process([*COMMON, f"paths.cache_dir={tmp_path / 'cache_one'}",
                              f"paths.output_dir={tmp_path / 'one'}"], tmp_path)

@@ -48,7 +48,7 @@ def setup(model_set: str, samples_per_class: int, device: str, batch_size: int):
     data = build(cfg, "dataset")
     quiet = {"accelerator": "cpu" if device == "cpu" else "gpu", "enable_progress_bar": False}
     models = open_models(cfg, data)
-    loaded = models.load_all()
+    loaded = [models.load(i) for i in range(len(models))]
     return cfg, data, (models, loaded), build(cfg, "attack"), quiet
 
 
@@ -145,6 +145,7 @@ def peak_memory(model_set: str, samples_per_class: int, device: str, batch_size:
     """Run the engine in this process; its peak resident memory above what it was just before (MiB)."""
     import threading
 
+    from satlab.models import ModelSet
     from satlab.sat.engine import compute_records
 
     cfg, data, loaded, attack, quiet = setup(model_set, samples_per_class, device, batch_size)
@@ -159,8 +160,8 @@ def peak_memory(model_set: str, samples_per_class: int, device: str, batch_size:
     sampler.start()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    compute_records(loaded[1], loaded[0].names, loaded[0].keys(), data.eval,
-                    attack, batch_size=int(cfg.sat.batch_size), trainer_cfg=quiet)
+    compute_records(ModelSet.from_models(loaded[0].names, loaded[1]), data.eval, attack,
+                    batch_size=int(cfg.sat.batch_size), trainer_cfg=quiet)
     done.set()
     sampler.join()
     out = {"samples": len(data.eval), "rss": max(peak[0], _rss_mib()) - before}
@@ -185,6 +186,7 @@ def main() -> None:
 
     import torchattacks
 
+    from satlab.models import ModelSet
     from satlab.sat.engine import compute_records
     from satlab.sat.metric import whitebox_success
     from satlab.sat.reference import pairwise_records
@@ -199,7 +201,7 @@ def main() -> None:
         return torchattacks.PGD(model, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, random_start=True)(x, y)
 
     def engine():
-        return compute_records(models, names, loaded[0].keys(), data.eval, attack,
+        return compute_records(ModelSet.from_models(names, models), data.eval, attack,
                                batch_size=int(cfg.sat.batch_size), trainer_cfg=quiet).records
 
     load_before = os.getloadavg()

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from satlab.data import data_fingerprint, labels_and_ids
-from satlab.sat.engine import EngineProgress, Positioned
+from satlab.sat.engine import Batches, EngineProgress
 from satlab.lightning import build_trainer
 from satlab.utils import SatlabError, atomic_path, move_aside, plain, stable_hash
 
@@ -96,7 +96,7 @@ def predict_log_probs(
         trainer = build_trainer(settings, logger=False, callbacks=[progress] if progress else [])
         if trainer.world_size > 1:
             raise SatlabError("the prediction pass gathers outputs in one process: set trainer.devices=1")
-        loader = DataLoader(Positioned(data), batch_size=batch_size, num_workers=num_workers, shuffle=False)
+        loader = DataLoader(Batches(data, batch_size), batch_size=None, num_workers=num_workers)
         for count, i in enumerate(todo):
             if progress:
                 progress.label = f"predict {count + 1}/{len(todo)}: {names[i]}"

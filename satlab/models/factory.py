@@ -93,6 +93,22 @@ def create_timm(spec: ModelSpec, num_classes: int | None, seed: int) -> nn.Modul
         ) from None
 
 
+def module_bytes(model: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def weight_bytes(spec: ModelSpec, num_classes: int | None) -> int | None:
+    """Bytes of the weights (parameters + buffers) `build_model` would hold for `spec`, from timm's architecture
+    built on the meta device (no memory, no download); None when it cannot be built there."""
+    kwargs = dict(spec.model_args) | ({"num_classes": num_classes} if num_classes is not None else {})
+    try:
+        with torch.device("meta"):
+            return module_bytes(timm.create_model(spec.timm_name, pretrained=False, **kwargs))
+    except Exception:  # noqa: BLE001 - an architecture whose init needs real tensors: the caller measures it
+        return None
+
+
 def read_checkpoint(path: str | Path, name: str) -> dict[str, torch.Tensor]:
     """The state dict of a checkpoint file: .pth / .pt / .safetensors, plain or {'state_dict' | 'model': ...}
     (timm's reader, which also strips a DDP `module.` prefix); a missing or unreadable file -> SatlabError."""

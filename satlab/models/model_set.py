@@ -10,7 +10,8 @@ Each model has a *source*, the object that knows where its weights come from:
 A source can `check()` what is knowable before any model is built (names, class counts, recipes), may say which
 weights it would download (`download`: a TimmSource whose pretrained weights are not in the local cache), may
 know its model's content key without building it (`stored_key`: stored beside cached weights or in a manifest),
-and `load()`s the model. `ModelSet.check()` checks every source, then every pending download at once
+may know its weights' size (`nbytes`: for the engine's memory budget), and `load()`s the model.
+`ModelSet.check()` checks every source, then every pending download at once
 (`satlab.models.hub.check_downloads`: offline, one error names them all). The set asks each source once and
 remembers the keys (a key it has to compute is computed once, from the built model). `satlab.train.open_model_set`
 opens a set from a model-set config.
@@ -24,15 +25,26 @@ opens a set from a model-set config.
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator, Protocol, Sequence
 
-from satlab.models.factory import build_model, check_arch, check_classes
+from satlab.models.factory import build_model, check_arch, check_classes, module_bytes, weight_bytes
 from satlab.models.hub import Download, check_downloads, pending_download, pretrained_source
 from satlab.models.specs import ModelSpec
 from satlab.models.wrapper import PixelModel
 from satlab.utils import SatlabError
+
+
+def release_freed_memory() -> None:
+    """Give freed heap memory back to the OS (glibc's `malloc_trim`; nothing elsewhere), so that building models
+    one after another does not ratchet the process's resident memory up."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class Source(Protocol):
@@ -74,6 +86,9 @@ class TimmSource:
     def load(self) -> tuple[PixelModel, dict[str, Any]]:
         return build_model(self.spec, self.num_classes, self.resolution, self.seed), {}
 
+    def nbytes(self) -> int | None:
+        return weight_bytes(self.spec, self.num_classes)
+
 
 class ReadySource:
     """A model already in memory (`ModelSet.from_models`): its key is computed from it."""
@@ -89,6 +104,9 @@ class ReadySource:
 
     def load(self) -> tuple[PixelModel, dict[str, Any]]:
         return self.model, {}
+
+    def nbytes(self) -> int | None:
+        return module_bytes(self.model)
 
 
 class ModelSet:
@@ -107,6 +125,7 @@ class ModelSet:
         self._keys: list[str | None] = [None] * len(self.sources)
         self._info: list[dict[str, Any]] = [{} for _ in self.sources]
         self._kept: tuple[int, PixelModel] | None = None
+        self._checked: set[int] = set()  # models whose weights were hashed against their key
 
     @classmethod
     def from_models(cls, names: Sequence[str], models: Sequence[PixelModel]) -> "ModelSet":
@@ -156,6 +175,16 @@ class ModelSet:
         """Every model's content key, building only the models whose key is not stored (one at a time)."""
         return [self.key(i) for i in range(len(self))]
 
+    def nbytes(self, i: int) -> int:
+        """Bytes of model i's weights (parameters + buffers), without building it when its source can tell
+        (`nbytes()`; else timm's architecture on the meta device, else the model is built to measure it)."""
+        source = self.sources[i]
+        size = source.nbytes() if hasattr(source, "nbytes") else weight_bytes(source.spec, None)
+        if size is None:
+            with self.use(i) as model:
+                size = module_bytes(model)
+        return size
+
     def info(self, i: int) -> dict[str, Any]:
         """What model i's source reported when it was loaded (e.g. zoo training: accuracy, cached, weights)."""
         return self._info[i]
@@ -166,23 +195,28 @@ class ModelSet:
             model, self._kept = self._kept[1], None
             return model
         model, info = self.sources[i].load()
-        key = model.fingerprint()
-        if self._keys[i] not in (None, key):
-            raise SatlabError(f"model '{self.names[i]}': its weights do not match the key stored for them "
-                              f"({self._keys[i]} stored, {key} loaded); the cache or manifest was changed")
-        self._keys[i], self._info[i] = key, info
+        if i not in self._checked:  # the first load hashes the weights; a source gives the same weights again
+            key = model.fingerprint()
+            if self._keys[i] not in (None, key):
+                raise SatlabError(f"model '{self.names[i]}': its weights do not match the key stored for them "
+                                  f"({self._keys[i]} stored, {key} loaded); the cache or manifest was changed")
+            self._keys[i], self._info[i] = key, info
+            self._checked.add(i)
         return model
 
     @contextmanager
     def use(self, i: int) -> Iterator[PixelModel]:
         """Model i for the block; let go afterwards (its memory is freed unless the caller kept a reference)."""
         model = self.load(i)
+        alive = weakref.ref(model)
         try:
             yield model
         finally:
             del model
-            gc.collect()
+            if alive() is not None and not isinstance(self.sources[i], ReadySource):
+                gc.collect()  # a reference cycle inside the model (a full collection costs ~0.1 s: only then)
+            release_freed_memory()
 
-    def load_all(self) -> list[PixelModel]:
-        """Every model at once, for code that needs them together (memory grows with the set)."""
-        return [self.load(i) for i in range(len(self))]
+    def with_model(self, name: str, model: PixelModel) -> "ModelSet":
+        """This set and one more model, already built (e.g. a student trained by the task)."""
+        return ModelSet([*self.sources, ReadySource(name, model)])

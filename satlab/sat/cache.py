@@ -1,24 +1,29 @@
-"""The per-source records cache: row files (`fooled` of one source against its targets) and, optionally, the
-source's adversarial images, both keyed by content and checked when read.
+"""The per-source records cache: row files (`fooled` of one source against its targets) and the source's
+adversarial images, both keyed by content and checked when read.
 
 A row file `<cache>/records/<source>-<row_key>.npz` holds `fooled` [T,S] for the targets named by their content
-keys, plus the clean correctness [T,S], sample ids and labels it was computed with. Beside it, with
-`sat.store_adversarial=true`, `<same name>.adv.npy` holds the source's adversarial images as uint8 [S,C,H,W] by
-dataset position (lossless: attacks round to 8-bit levels; images outside the source's correct set are zero).
-A row that lacks some of the current targets is completed from those images without attacking again.
+keys, plus the clean correctness [T,S], sample ids and labels it was computed with. Its own column (the source
+as its own target) holds the source's clean correctness and white-box success. Beside it, `<same name>.adv.npy`
+holds the source's adversarial images by dataset position: uint8 [S,C,H,W] when the attack rounds to 8-bit
+levels (lossless), else float32; images outside the source's correct set are zero (`sat.store_adversarial=false`
+keeps them only for the run). A row only grows: a run with other targets adds its columns
+(`Row.grown`) and keeps the others, so runs on subsets and supersets of a model set share their work.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from satlab.utils import SatlabError, atomic_path, move_aside, stable_hash
+from satlab.sat.schedule import RowState
+from satlab.utils import SatlabError, atomic_path, file_lock, move_aside, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -47,48 +52,42 @@ def adv_path(path: Path) -> Path:
 
 @dataclass
 class Row:
-    """A row as stored, or what a row must agree with: target keys, `correct` [T,S], sample ids, labels, and
-    (for a stored row) `fooled` [T,S]."""
+    """One source's row: target keys, their clean `correct` [T,S] as used for X_AB, sample ids, labels, and
+    `fooled` [T,S] (False outside X_AB)."""
 
     target_keys: list[str]
     correct: np.ndarray
     ids: np.ndarray
     labels: np.ndarray
-    fooled: np.ndarray | None = None
+    fooled: np.ndarray
 
     def missing(self, keys: list[str]) -> list[int]:
         """Positions in `keys` (the current targets) of the targets this row has no column for."""
         have = set(self.target_keys)
         return [i for i, k in enumerate(keys) if k not in have]
 
-    def check(self, current: Row, source: str, path: Path) -> bool:
-        """Same sample ids and labels, and the same clean correctness for every target both know (warns if not:
-        e.g. another device or library version changed predictions)."""
-        if not (np.array_equal(self.ids, current.ids) and np.array_equal(self.labels, current.labels)):
-            log.warning("source %s: cached row %s was computed on other sample ids/labels; recomputing", source,
-                        path.name)
-            return False
-        where = {k: i for i, k in enumerate(self.target_keys)}
-        both = [(where[k], i) for i, k in enumerate(current.target_keys) if k in where]
-        differ = (self.correct[[a for a, _ in both]] != current.correct[[b for _, b in both]]).sum(axis=1)
-        if differ.any():
-            log.warning("source %s: cached row %s was computed when %d target(s) classified %d clean image(s) "
-                        "differently (e.g. another device or library version); recomputing", source, path.name,
-                        int((differ > 0).sum()), int(differ.sum()))
-            return False
-        return True
+    def own(self, key: str, what: str = "correct") -> np.ndarray | None:
+        """The column of target `key` (`correct` or `fooled`), None when the row has none."""
+        return getattr(self, what)[self.target_keys.index(key)] if key in self.target_keys else None
 
     def columns(self, keys: list[str], what: str = "fooled") -> np.ndarray:
         """`fooled` (or `correct`) for the targets `keys` (all known to this row), in that order."""
         where = {k: i for i, k in enumerate(self.target_keys)}
         return getattr(self, what)[[where[k] for k in keys]]
 
-    def merged(self, current: Row, fooled: np.ndarray, new: list[int]) -> Row:
-        """This stored row completed by the current run's columns `new` of `fooled` [T,S] (current order)."""
-        assert self.fooled is not None
-        keys = [current.target_keys[i] for i in new]
-        return Row(self.target_keys + keys, np.concatenate([self.correct, current.correct[new]]), self.ids,
-                   self.labels, np.concatenate([self.fooled, fooled[new]]))
+    def grown(self, new: Row) -> Row:
+        """This row with the columns of `new` it lacks (the columns both have are kept as stored)."""
+        add = self.missing(new.target_keys)
+        if not add:
+            return self
+        keys = [new.target_keys[i] for i in add]
+        return Row(self.target_keys + keys, np.concatenate([self.correct, new.correct[add]]), self.ids,
+                   self.labels, np.concatenate([self.fooled, new.fooled[add]]))
+
+    def without(self, keys: set[str]) -> Row:
+        """This row without the columns of the targets `keys`."""
+        kept = [i for i, k in enumerate(self.target_keys) if k not in keys]
+        return Row([self.target_keys[i] for i in kept], self.correct[kept], self.ids, self.labels, self.fooled[kept])
 
 
 def read_row(path: Path) -> Row | None:
@@ -111,30 +110,143 @@ def save_row(path: Path, row: Row) -> None:
                                 sample_ids=row.ids, labels=row.labels)
 
 
-def read_adversarial(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The stored adversarial images of a row (uint8 [S,C,H,W], memory-mapped); None when absent or damaged."""
+def read_adversarial(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+    """The stored adversarial images of a row ([S,C,H,W] `dtype`, memory-mapped); None when absent or damaged."""
     adv = adv_path(path)
     if not adv.is_file():
         return None
     try:
         images = np.load(adv, mmap_mode="r", allow_pickle=False)
-        if images.dtype != np.uint8 or images.shape != shape:
-            raise ValueError(f"{images.dtype} {images.shape}, expected uint8 {shape}")
+        if images.dtype != dtype or images.shape != shape:
+            raise ValueError(f"{images.dtype} {images.shape}, expected {np.dtype(dtype)} {shape}")
         return images
     except Exception as err:  # noqa: BLE001 - truncated files raise ValueError, OSError, ...
         move_aside(adv, f"{type(err).__name__}: {err}")
         return None
 
 
-def to_levels(x_adv: torch.Tensor) -> torch.Tensor:
-    """An adversarial batch as uint8; refuses images off the 8-bit levels (they would not be stored losslessly)."""
+def image_dtype(quantized: bool) -> np.dtype:
+    """How adversarial images are kept: uint8 levels for an attack that rounds to them, else float32 (exact)."""
+    return np.dtype(np.uint8 if quantized else np.float32)
+
+
+def to_stored(x_adv: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """An adversarial batch as kept (`image_dtype`); an image off the 8-bit levels is refused for uint8 (it
+    would not be kept losslessly)."""
+    if dtype != np.uint8:
+        return x_adv.detach().float().cpu().numpy()
     levels = torch.round(x_adv.float() * 255)
     if not torch.equal(levels / 255, x_adv.float()):
-        raise SatlabError("sat.store_adversarial needs adversarial images on 8-bit levels: set attack.quantize=true "
-                          "(or sat.store_adversarial=false)")
-    return levels.to(torch.uint8)
+        raise SatlabError("the attack's images are not on 8-bit levels although it says it rounds to them "
+                          "(attack.quantize=true); set attack.quantize=false")
+    return levels.to(torch.uint8).cpu().numpy()
 
 
-def from_levels(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Stored uint8 images as the float [0,1] batch the attack returned (bit-identical)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).float() / 255
+def from_stored(images: torch.Tensor) -> torch.Tensor:
+    """Kept images as the float [0,1] batch the attack returned (bit-identical)."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images
+
+
+class RowStore:
+    """Where a run's rows and adversarial images live: the records cache (`cache_dir`), or, for a run without
+    one, memory (rows) and a temporary folder (images). With `keep_images=False` the images are kept only for
+    the run (a row then grows by attacking its source again).
+
+    Args:
+        cache_dir: the cache (rows under `<cache_dir>/records/`), or None.
+        names, keys: the models and their content keys; context: what else determines a row (`row_key`).
+        ids, labels: the samples; a stored row computed on others is not used.
+        shape, dtype: one source's images, [S,C,H,W] (`image_dtype`).
+    """
+
+    def __init__(self, cache_dir: str | Path | None, names: list[str], keys: list[str], context: dict[str, Any],
+                 ids: np.ndarray, labels: np.ndarray, shape: tuple[int, ...], dtype: np.dtype,
+                 keep_images: bool = True) -> None:
+        self.paths = {n: row_path(cache_dir, n, k, context) for n, k in zip(names, keys)} if cache_dir else {}
+        self.scratch_root = Path(cache_dir) / "records" if cache_dir else None
+        self.ids, self.labels, self.shape, self.dtype = ids, labels, shape, dtype
+        self.keep = keep_images and bool(self.paths)
+        self.rows: dict[str, Row] = {}  # without a cache: this run's rows
+        self.scratch: dict[str, np.ndarray] = {}  # images kept for this run only
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def close(self) -> None:
+        self.scratch.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def read(self, name: str) -> Row | None:
+        if not self.paths:
+            return self.rows.get(name)
+        row = read_row(self.paths[name])
+        if row is not None and not (np.array_equal(row.ids, self.ids) and np.array_equal(row.labels, self.labels)):
+            log.warning("source %s: cached row %s was computed on other sample ids/labels; recomputing", name,
+                        self.paths[name].name)
+            return None
+        return row
+
+    def images(self, name: str) -> np.ndarray | None:
+        """The source's adversarial images at hand (kept by this run or stored), memory-mapped; None if none."""
+        if name in self.scratch:
+            return self.scratch[name]
+        return read_adversarial(self.paths[name], self.shape, self.dtype) if self.paths else None
+
+    def state(self, name: str) -> RowState:
+        row = self.read(name)
+        return RowState.of(row.target_keys, self.images(name) is not None) if row is not None else RowState()
+
+    def disk_bytes(self, names: list[str]) -> int:
+        """Bytes of the stored images and rows of `names` in the cache."""
+        files = [f for n in names if n in self.paths for f in (self.paths[n], adv_path(self.paths[n]))]
+        return sum(f.stat().st_size for f in files if f.is_file())
+
+    @contextmanager
+    def lock(self, name: str, wait: bool = True) -> Iterator[bool]:
+        """The lock of a source's row in the cache (always held without a cache); see `satlab.utils.file_lock`."""
+        if not self.paths:
+            yield True
+            return
+        with file_lock(self.paths[name], f"the records of source {name}", wait=wait) as held:
+            yield held
+
+    @contextmanager
+    def new_images(self, name: str) -> Iterator[np.ndarray]:
+        """A writable [S,C,H,W] array for the source's adversarial images, memory-mapped, so processes forked by
+        the caller write into it too; stored (atomically) or kept for the run when the block ends without error."""
+        if self.keep:
+            with atomic_path(adv_path(self.paths[name])) as tmp:
+                images = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=self.shape)
+                yield images
+                images.flush()
+                del images
+            return
+        if self._tmp is None:
+            root = self.scratch_root or Path(tempfile.gettempdir())
+            root.mkdir(parents=True, exist_ok=True)
+            self._tmp = tempfile.TemporaryDirectory(dir=root, prefix=".images-")
+        path = Path(self._tmp.name) / f"{len(self.scratch)}.npy"
+        images = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=self.shape)
+        yield images
+        images.flush()
+        self.scratch[name] = np.load(path, mmap_mode="r")
+        if self.paths:
+            adv_path(self.paths[name]).unlink(missing_ok=True)  # older images, if any, are not this run's
+
+    def write(self, name: str, new: Row, own_key: str | None = None, replace: bool = False) -> Row:
+        """Store `new` merged into the source's stored row (rows only grow; call under `lock`), or in its place
+        (`replace`). With `own_key` (a fresh attack: `new` holds the source's own column), a stored row whose
+        source classified the images differently is replaced, since its columns were computed on another X_A."""
+        stored = None if replace else self.read(name)
+        if stored is not None and own_key is not None:
+            before = stored.own(own_key)
+            if before is not None and not np.array_equal(before, new.own(own_key)):
+                log.warning("source %s: its stored row was computed when it classified %d clean image(s) "
+                            "differently (another device or library version?); replacing it", name,
+                            int((before != new.own(own_key)).sum()))
+                stored = None
+        row = new if stored is None else stored.grown(new)
+        if self.paths:
+            save_row(self.paths[name], row)
+        else:
+            self.rows[name] = row
+        return row

@@ -1,22 +1,26 @@
-"""The SAT engine: N clean passes, ONE attack per source model, N^2 forward passes on X_AB only.
+"""The SAT engine: N clean passes, ONE attack per source, N^2 forward passes on X_AB, with only the models in
+use resident.
 
-It runs as a LightningModule under few `trainer.predict` calls (the first with one source, then groups of sources
-that take about PASS_SECONDS each) whose step, for each batch, computes every model's clean correctness (first
-pass only), then for every source of the pass attacks the images that source classifies correctly and
-asks each target about the adversarial images that the target also classifies correctly (the rest of `fooled`
-is False by convention). Work streams batch by batch, so memory does not grow with the number of samples.
+    phase 1, per source (one model resident): its clean pass and ONE attack of the images it classifies
+             correctly -> its clean correctness, its own column (white-box success) and its adversarial images
+    phase 2, per block of targets (as many models as `memory_budget` holds): every source's images evaluated
+             on X_AB; each source's images are read once per block, and a batch mixes sources
 
-Each source's row is cached on disk (`satlab.sat.cache`), atomically and under a file lock, keyed by content
-and checked against this run's clean correctness, so an interrupted run resumes where it stopped, concurrent
-runs share the work, a shard of the sources can be computed on its own (`sources`) and a map assembled from the
-cache without computing anything (`assemble_records`). A row that lacks new targets is completed from the
-source's stored adversarial images (`store_adversarial`) with only the new pairs' evaluations.
-No Hydra, no wandb here.
+What to attack and evaluate is decided by the scheduler (`satlab.sat.schedule`) from what the source rows of
+the records cache hold (`satlab.sat.cache`): a row only grows, so a run on other targets adds columns; a job
+computes one tile of the map (`Tile`) and `assemble_records` builds the map from the rows. Each phase is one
+small LightningModule under `trainer.predict` (several devices: forked DDP ranks, each taking every k-th batch).
+Rows and images are written atomically under a per-source lock, so an interrupted run resumes where it stopped
+and concurrent runs share the work. No Hydra, no wandb here.
+
+    >>> result = compute_records(ModelSet.from_models(names, models), data, attack, cache_dir="cache")
+    >>> result.records.fooled.shape        # [N, N, S]: source, target, sample
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 import zlib
@@ -30,21 +34,22 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from satlab.attacks import Attack
 from satlab.data import data_fingerprint, labels_and_ids
-from satlab.sat.cache import Row, adv_path, from_levels, read_adversarial, read_row, row_path, save_row, to_levels
-from satlab.sat.records import Records
 from satlab.lightning import build_trainer
-from satlab.utils import SatlabError, atomic_path, file_lock, plain
+from satlab.models import ModelSet
+from satlab.sat.cache import Row, RowStore, from_stored, image_dtype, to_stored
+from satlab.sat.records import Records
+from satlab.sat.schedule import Budget, Plan, Tile, check_cover, missing_tiles, plan_tile, target_blocks, whole_map
+from satlab.utils import SatlabError, atomic_path, plain
 
 log = logging.getLogger(__name__)
 
-# One trainer.predict pass takes as many sources as fill about this many seconds (the first pass takes one, to
-# time it): few passes keep Lightning's fixed cost per pass small, and rows still reach the cache (and survive
-# an interruption or a preemption) every PASS_SECONDS or so.
-PASS_SECONDS = 30.0
+# Phase 2 batches hold this many times `batch_size` images: an evaluation keeps no activations for gradients, so
+# it fits larger batches than the attack, and larger batches run faster. Records do not depend on it (tested).
+EVAL_BATCHES = 4
 
 
 def sample_seeds(seed: int, source: str, sample_ids: torch.Tensor) -> torch.Tensor:
@@ -53,103 +58,182 @@ def sample_seeds(seed: int, source: str, sample_ids: torch.Tensor) -> torch.Tens
     return (sample_ids.to(torch.int64).cpu() * 1_000_003 + base) % (2**62)
 
 
-class Positioned(Dataset):
-    """Adds each item's position in the dataset: (image, label, sample_id, position)."""
+# ------------------------------------------------------------------------------------------ the two phases
 
-    def __init__(self, data: Dataset) -> None:
-        self.data = data
+
+class Batches(Dataset):
+    """The evaluation data in fixed batches: item b = (images, labels, sample ids, positions) of samples
+    b*size .. (b+1)*size-1, so every device and run sees the same batches (several devices take every k-th)."""
+
+    def __init__(self, data: Dataset, size: int) -> None:
+        self.data, self.size = data, size
 
     def __len__(self) -> int:
-        return len(self.data)  # type: ignore[arg-type]
+        return -(-len(self.data) // self.size)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int) -> tuple[Any, ...]:
-        return (*self.data[i], i)
-
-
-@dataclass
-class Work:
-    """One source's work in a pass: the targets to evaluate, and its stored adversarial images (then no attack)
-    or an open uint8 array to store the new ones in."""
-
-    targets: list[int]
-    stored: np.ndarray | None = None
-    store: np.ndarray | None = None
+    def __getitem__(self, b: int) -> Any:
+        stop = min((b + 1) * self.size, len(self.data))  # type: ignore[arg-type]
+        return default_collate([(*self.data[i], i) for i in range(b * self.size, stop)])
 
 
-class SATEngine(pl.LightningModule):
-    """predict_step: clean correctness (unless known) and, for every source in `plan`, its `fooled` columns.
+class AdversarialBatches(Dataset):
+    """Phase 2's batches: the stored images of several sources at the positions a block of targets needs,
+    source after source, `size` at a time (a batch mixes sources). Item b = (images, labels, source, position).
 
-    With `amp`, the models' forward (and, inside attacks, backward) run under bf16 autocast; the adversarial
-    image, its projection and 8-bit rounding stay fp32 (autocast lowers only matmul/conv-like ops). On CUDA the
-    models and batches are channels_last. Evaluations run under inference mode.
+    Args:
+        images: per source, its images [S,C,H,W] (memory-mapped); labels: [S].
+        items: [K,2] (source index, position), sorted by source then position.
     """
 
-    def __init__(self, models: Sequence[nn.Module], names: Sequence[str], attack: Attack, seed: int, n_samples: int,
-                 amp: bool = False) -> None:
+    def __init__(self, images: Sequence[np.ndarray], labels: np.ndarray, items: np.ndarray, size: int) -> None:
+        self.images, self.labels, self.items, self.size = images, labels, items, size
+
+    def __len__(self) -> int:
+        return -(-len(self.items) // self.size)
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, ...]:
+        chunk = self.items[b * self.size:(b + 1) * self.size]
+        src, pos = chunk[:, 0], chunk[:, 1]
+        x = np.concatenate([self.images[s][pos[src == s]] for s in np.unique(src)])  # one read per source
+        return (torch.from_numpy(x), torch.from_numpy(self.labels[pos]), torch.from_numpy(src),
+                torch.from_numpy(pos))
+
+
+class RankShare(Dataset):
+    """Every k-th item of `data` from the rank's index, for k forked DDP ranks; all items in one process. Each
+    rank gets ceil(n / k) items (Lightning wants at least one batch per rank): the last ranks repeat items from
+    the start, which compute the same results again. The rank is read inside the rank, when the loader asks."""
+
+    def __init__(self, data: Dataset) -> None:
+        self.data, self.shares = data, {}
+
+    def share(self) -> list[int]:
+        dist = torch.distributed
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if (rank, world) not in self.shares:
+            n = len(self.data)  # type: ignore[arg-type]
+            self.shares[rank, world] = [(rank + world * k) % n for k in range(-(-n // world))] if n else []
+        return self.shares[rank, world]
+
+    def __len__(self) -> int:
+        return len(self.share())
+
+    def __getitem__(self, i: int) -> Any:
+        return self.data[self.share()[i]]
+
+
+class Phase(pl.LightningModule):
+    """A phase's step: models in eval mode (channels_last on CUDA, bf16 autocast with `amp`), results written
+    into boolean arrays (`outputs`). Several devices: each rank leaves its arrays in `spill`; the engine ORs
+    them (a rank leaves False where it had no batch)."""
+
+    def __init__(self, models: Sequence[nn.Module], amp: bool) -> None:
         super().__init__()
         self.models = nn.ModuleList(models).eval()
-        self.names = list(names)
-        self.attack = attack
-        self.seed = seed
         self.amp = amp
-        n = len(self.models)
-        self.correct = np.zeros((n, n_samples), dtype=bool)  # by dataset position
-        self.clean_known = False
-        self.plan: dict[int, Work] = {}
-        self.spill = ""  # multi-device: the folder where the ranks leave clean correctness and their columns
-        self.fooled: dict[int, np.ndarray] = {}  # source -> [N, S]
+        self.spill = ""
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
 
     def on_predict_start(self) -> None:
-        if self.device.type == "cuda":
+        if self.trainer.strategy.root_device.type == "cuda":
             self.models.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        if self.trainer.world_size > 1:  # each rank does every world_size-th source of the plan
-            rank, world = self.trainer.global_rank, self.trainer.world_size
-            self.plan = {src: w for i, (src, w) in enumerate(self.plan.items()) if i % world == rank}
-        self.fooled = {src: np.zeros_like(self.correct) for src in self.plan}
 
     def on_predict_end(self) -> None:
-        if self.trainer.world_size > 1:  # the ranks' results meet in the parent process through files
-            parts = {str(src): f for src, f in self.fooled.items()}
-            if self.trainer.global_rank == 0:
-                parts["correct"] = self.correct
-            for name, array in parts.items():
-                with atomic_path(Path(self.spill) / f"{name}.npy") as tmp:
-                    np.save(tmp, array)
+        if self.trainer.world_size > 1:
+            with atomic_path(Path(self.spill) / f"rank{self.trainer.global_rank}.npz") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **self.outputs())
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+    def cast(self, x: torch.Tensor) -> Any:
+        """bf16 autocast (with `amp`): it lowers matmul/conv-like ops only, so images and rounding stay fp32."""
+        return torch.autocast(x.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+
+
+class SourcePass(Phase):
+    """Phase 1 for one source: clean correctness [S], the attack of the images it classifies correctly (written
+    into `images` by position) and whether they fool the source itself [S]."""
+
+    def __init__(self, model: nn.Module, name: str, attack: Attack, seed: int, images: np.ndarray, amp: bool) -> None:
+        super().__init__([model], amp)
+        self.name, self.attack, self.seed, self.images = name, attack, seed, images
+        self.correct = np.zeros(len(images), dtype=bool)
+        self.fooled = np.zeros(len(images), dtype=bool)
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        return {"correct": self.correct, "fooled": self.fooled}
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict:
         x, y, ids, pos = batch
-        if x.is_cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        p = pos.cpu().numpy()
-        cast = torch.autocast(x.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
-        with cast:
-            if not self.clean_known:
-                with torch.inference_mode():
-                    self.correct[:, p] = torch.stack([m(x).argmax(1) == y for m in self.models]).cpu().numpy()
-            correct = torch.from_numpy(self.correct[:, p]).to(x.device)
-            for src, work in self.plan.items():
-                keep = correct[src].nonzero().squeeze(1)
-                if not keep.numel():
-                    continue
-                at = p[keep.cpu().numpy()]
-                if work.stored is not None:
-                    x_adv = from_levels(work.stored[at], x.device)
-                else:
-                    x_adv = self.attack(self.models[src], x[keep], y[keep], sample_seeds(self.seed, self.names[src], ids[keep]))
-                    if work.store is not None:
-                        work.store[at] = to_levels(x_adv).cpu().numpy()
-                with torch.inference_mode():
-                    for t in work.targets:
-                        both = correct[t, keep]
-                        if both.any():
-                            idx = keep[both]
-                            fooled = self.models[t](x_adv[both]).argmax(1) != y[idx]
-                            self.fooled[src][t, p[idx.cpu().numpy()]] = fooled.cpu().numpy()
-        return {}  # results are written into self.correct / self.fooled by position
+        x, model, p = self.layout(x), self.models[0], pos.cpu().numpy()
+        with self.cast(x):
+            with torch.inference_mode():
+                correct = model(x).argmax(1) == y
+            self.correct[p] = correct.cpu().numpy()
+            keep = correct.nonzero().squeeze(1)
+            if not keep.numel():
+                return {}
+            x_adv = self.attack(model, x[keep], y[keep], sample_seeds(self.seed, self.name, ids[keep]))
+            at = p[keep.cpu().numpy()]
+            self.images[at] = to_stored(x_adv, self.images.dtype)
+            with torch.inference_mode():
+                self.fooled[at] = (model(x_adv).argmax(1) != y[keep]).cpu().numpy()
+        return {}  # results are written into the arrays by position
+
+
+class CleanPass(Phase):
+    """Clean correctness [T,S] of targets whose own row is not in the cache (a tile's targets)."""
+
+    def __init__(self, models: Sequence[nn.Module], n_samples: int, amp: bool) -> None:
+        super().__init__(models, amp)
+        self.correct = np.zeros((len(models), n_samples), dtype=bool)
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        return {"correct": self.correct}
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict:
+        x, y, _, pos = batch
+        x = self.layout(x)
+        with self.cast(x), torch.inference_mode():
+            for j, model in enumerate(self.models):
+                self.correct[j, pos.cpu().numpy()] = (model(x).argmax(1) == y).cpu().numpy()
+        return {}
+
+
+class TargetPass(Phase):
+    """Phase 2 for one block of targets: fooled [sources, targets, S] on X_AB for the pairs in `need`.
+
+    Args:
+        models: the block's targets; correct: their clean correctness [T,S];
+        need: [sources, T] which pairs to evaluate; n_samples: S.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], correct: np.ndarray, need: np.ndarray, amp: bool) -> None:
+        super().__init__(models, amp)
+        self.correct, self.need = correct, need
+        self.fooled = np.zeros((len(need), len(models), correct.shape[1]), dtype=bool)
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        return {"fooled": self.fooled}
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict:
+        x, y, src, pos = batch
+        x, s, p = self.layout(from_stored(x)), src.cpu().numpy(), pos.cpu().numpy()
+        with self.cast(x), torch.inference_mode():
+            for j, model in enumerate(self.models):
+                mask = self.correct[j, p] & self.need[s, j]
+                if mask.any():
+                    on = torch.from_numpy(mask).to(x.device)
+                    self.fooled[s[mask], j, p[mask]] = (model(x[on]).argmax(1) != y[on]).cpu().numpy()
+        return {}
 
 
 class EngineProgress(TQDMProgressBar):
-    """A progress bar that says what the pass does ("clean pass + 9 attacks")."""
+    """A progress bar that says what the pass does ("attack resnet18")."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -160,29 +244,23 @@ class EngineProgress(TQDMProgressBar):
         return self.label
 
 
-@dataclass
-class EngineResult:
-    records: Records | None  # None for a shard (only its sources' rows were computed, into the cache)
-    timings: dict[str, float] = field(default_factory=dict)
-    reused: list[str] = field(default_factory=list)  # sources whose rows came from the cache
-    computed: list[str] = field(default_factory=list)  # sources attacked by this run
-    completed: list[str] = field(default_factory=list)  # cached rows completed from stored adversarial images
-    context: dict[str, Any] = field(default_factory=dict)  # what besides the models determined them (row_context)
+# --------------------------------------------------------------------------------------------- the trainer
 
 
 def make_trainer(trainer_cfg: Mapping[str, Any] | None) -> tuple[pl.Trainer, EngineProgress | None]:
     """The Lightning Trainer the engine runs under: conf/trainer's (`satlab.lightning.build_trainer`) with gradients
-    enabled for the attacks, no user callbacks, and the engine's progress bar. Several devices: forked DDP ranks."""
+    enabled for the attacks, no user callbacks, and the engine's progress bar. Several devices: forked DDP ranks,
+    each taking every k-th batch (`RankShare`)."""
     settings = dict(plain(trainer_cfg) or {})
     progress = EngineProgress() if settings.get("enable_progress_bar", True) else None
     engine = {"inference_mode": False, "logger": False, "callbacks": [progress] if progress else []}
     trainer = build_trainer(settings, **engine)
     if trainer.world_size > 1 and settings.get("strategy", "auto") in ("auto", "ddp"):
-        # ranks are forked from this process (no re-launch of the script), each seeing every image
+        # ranks are forked from this process (no re-launch of the script); each takes its share of the batches
         settings |= {"strategy": "ddp_fork", "use_distributed_sampler": False}
         trainer = build_trainer(settings, **engine)
     if trainer.world_size > 1 and settings.get("strategy") != "ddp_fork":
-        raise SatlabError(f"trainer.strategy={settings.get('strategy')}: the SAT engine splits its sources "
+        raise SatlabError(f"trainer.strategy={settings.get('strategy')}: the SAT engine splits its batches "
                           "across devices with strategy ddp (forked ranks); drop trainer.strategy")
     return trainer, progress
 
@@ -190,7 +268,7 @@ def make_trainer(trainer_cfg: Mapping[str, Any] | None) -> tuple[pl.Trainer, Eng
 def row_context(attack: Attack, data: Dataset, seed: int, trainer: pl.Trainer, amp: bool) -> dict[str, Any]:
     """What, besides the source model, determines a row (see `satlab.sat.cache.row_key`)."""
     context = {"attack": attack.describe(), "data": data_fingerprint(data), "seed": seed,
-               "precision": str(trainer.precision)}
+               "precision": str(trainer.precision), "device": trainer.strategy.root_device.type}
     return context | ({"autocast": "bf16"} if amp else {})
 
 
@@ -206,10 +284,194 @@ def use_amp(amp: bool | None, trainer: pl.Trainer) -> bool:
     return trainer.strategy.root_device.type == "cuda" if amp is None else bool(amp)
 
 
+def device_budget(trainer: pl.Trainer) -> Budget:
+    """`memory_budget=auto`: a quarter of the device memory free now (of the memory available on CPU), shared by
+    the devices' ranks, for the weights of one block of targets; the rest is for activations and images."""
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        try:
+            with open("/proc/meminfo") as fh:
+                free = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration):
+            pass
+    return Budget(nbytes=max(free // (4 * trainer.world_size), 1))
+
+
+def check_budget(models: ModelSet, budget: Budget | None) -> None:
+    """A byte budget that holds no single model of the set: SatlabError naming the largest, before any work."""
+    if budget is not None and budget.nbytes is not None:
+        target_blocks(models.names, {n: models.nbytes(i) for i, n in enumerate(models.names)}, budget)
+
+
+# ---------------------------------------------------------------------------------------------- a job
+
+
+@dataclass
+class EngineResult:
+    records: Records | None  # None for a tile (its rows are in the cache)
+    timings: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)  # sources whose rows held every target already
+    computed: list[str] = field(default_factory=list)  # sources attacked by this run (phase 1)
+    completed: list[str] = field(default_factory=list)  # sources given new columns without an attack
+    context: dict[str, Any] = field(default_factory=dict)  # what besides the models determined them (row_context)
+    blocks: int = 0  # phase-2 blocks of targets run
+    disk_bytes: int = 0  # the cache files (rows + images) of this map's sources
+    seconds: dict[str, float] = field(default_factory=dict)  # "attack <source>", "evaluate <t1,t2,...>": wall time
+
+
+class Job:
+    """One engine run over a tile: the phases, the trainer that runs them and the store they meet in."""
+
+    def __init__(self, models: ModelSet, data: Dataset, attack: Attack, store: RowStore, trainer: pl.Trainer,
+                 progress: EngineProgress | None, seed: int, batch_size: int, num_workers: int, amp: bool,
+                 cache_dir: str | Path | None) -> None:
+        self.models, self.data, self.attack, self.store, self.trainer = models, data, attack, store, trainer
+        self.progress, self.seed, self.amp, self.cache_dir = progress, seed, amp, cache_dir
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.index = {n: i for i, n in enumerate(models.names)}
+        self.keys = {n: models.key(i) for i, n in enumerate(models.names)}
+        self.labels, self.ids = labels_and_ids(data)
+        self.seconds: dict[str, float] = {}  # per phase-1 source and phase-2 block, models' loading included
+        self.own: dict[str, np.ndarray] = {}  # clean correctness as each model's own row holds it (read once)
+
+    def loader(self, dataset: Dataset) -> DataLoader:
+        cuda = self.trainer.strategy.root_device.type == "cuda"
+        return DataLoader(RankShare(dataset), batch_size=None, num_workers=self.num_workers, pin_memory=cuda)
+
+    def predict(self, module: Phase, dataset: Dataset, label: str) -> dict[str, np.ndarray]:
+        """Run `module` over `dataset` (one `trainer.predict`); its outputs, ORed over the devices' ranks."""
+        if self.progress:
+            self.progress.label = label
+        try:
+            if self.trainer.world_size == 1:
+                self.trainer.predict(module, self.loader(dataset), return_predictions=False)
+                return module.outputs()
+            records = Path(self.cache_dir or ".") / "records"  # several devices need the cache (checked)
+            with tempfile.TemporaryDirectory(dir=records, prefix=".ranks-") as spill:
+                module.spill = spill
+                self.trainer.predict(module, self.loader(dataset), return_predictions=False)
+                parts = [dict(np.load(f)) for f in sorted(Path(spill).glob("rank*.npz"))]
+            return {k: np.logical_or.reduce([p[k] for p in parts]) for k in parts[0]}
+        finally:
+            module.models = nn.ModuleList()  # the trainer keeps the module: it must not keep the models too
+
+    # ---- phase 1
+
+    def attack_sources(self, sources: list[str]) -> list[str]:
+        """Attack each source not done by another run meanwhile (a source another run holds is done last, after
+        waiting for it); returns the sources attacked here."""
+        attacked: list[str] = []
+        queue, busy, wait = list(sources), [], False
+        while queue or busy:
+            if not queue:  # every other source is done: wait for the runs attacking these
+                queue, busy, wait = busy, [], True
+            name = queue.pop(0)
+            with self.store.lock(name, wait=wait) as held:
+                if not held:
+                    busy.append(name)
+                    continue
+                state = self.store.state(name)
+                if state.exists and state.images:  # another run attacked it while we waited
+                    continue
+                self.attack_source(name)
+                attacked.append(name)
+        return attacked
+
+    def attack_source(self, name: str) -> None:
+        key, start = self.keys[name], time.perf_counter()
+        with self.store.new_images(name) as images, self.models.use(self.index[name]) as model:
+            step = SourcePass(model, name, self.attack, self.seed, images, self.amp)
+            del model  # the step holds the model until `predict` lets it go, so `use` can free it at once
+            out = self.predict(step, Batches(self.data, self.batch_size), f"attack {name}")
+        self.store.write(name, Row([key], out["correct"][None], self.ids, self.labels, out["fooled"][None]),
+                         own_key=key)
+        self.own[name] = out["correct"]
+        self.seconds[f"attack {name}"] = time.perf_counter() - start
+
+    # ---- phase 2
+
+    def evaluate_block(self, block: list[str], columns: dict[str, list[str]]) -> list[str]:
+        """Evaluate every source's images on the targets of `block` that its row lacks; returns the sources."""
+        start = time.perf_counter()
+        sources = [s for s, targets in columns.items() if set(targets) & set(block)]
+        need = np.array([[t in columns[s] for t in block] for s in sources])
+        source_correct = np.stack([self.own_correct(s) for s in sources])
+        with ExitStack() as stack:
+            nets = [stack.enter_context(self.models.use(self.index[t])) for t in block]
+            correct = self.target_correct(block, nets)
+            wanted = source_correct & (need.astype(np.uint8) @ correct.astype(np.uint8) > 0)  # [sources, S]
+            items = np.argwhere(wanted)  # (source, position), by source then position
+            images = [self.store.images(s) for s in sources]
+            step = TargetPass(nets, correct, need, self.amp)
+            del nets  # the step holds the models until `predict` lets them go, so `use` can free them at once
+            if len(items):
+                batches = AdversarialBatches(images, self.labels, items, EVAL_BATCHES * self.batch_size)  # type: ignore[arg-type]
+                out = self.predict(step, batches, f"evaluate {len(block)} target(s) on {len(sources)} source(s)")
+            else:  # no X_AB at all: nothing is fooled
+                out, step.models = step.outputs(), nn.ModuleList()
+        for a, source in enumerate(sources):
+            cols = np.flatnonzero(need[a])
+            row = Row([self.keys[block[j]] for j in cols], correct[cols], self.ids, self.labels, out["fooled"][a, cols])
+            with self.store.lock(source):
+                self.store.write(source, row)
+        self.seconds[f"evaluate {','.join(block)}"] = time.perf_counter() - start
+        return sources
+
+    def own_correct(self, name: str) -> np.ndarray | None:
+        """A model's clean correctness as its own row holds it (read once per job); None without a row."""
+        if name not in self.own:
+            row = self.store.read(name)
+            correct = None if row is None else row.own(self.keys[name])
+            if correct is None:
+                return None
+            self.own[name] = correct
+        return self.own[name]
+
+    def target_correct(self, block: list[str], nets: list[nn.Module]) -> np.ndarray:
+        """The block's clean correctness [T,S]: from the targets' own rows, else from a clean pass now."""
+        known = [self.own_correct(t) for t in block]
+        todo = [j for j, c in enumerate(known) if c is None]
+        if todo:
+            out = self.predict(CleanPass([nets[j] for j in todo], len(self.ids), self.amp),
+                               Batches(self.data, self.batch_size), f"clean pass of {len(todo)} target(s)")
+            for j, correct in zip(todo, out["correct"]):
+                known[j] = correct
+        return np.stack(known)  # type: ignore[arg-type]
+
+    # ---- rows that disagree
+
+    def disagreeing(self, tile: Tile) -> dict[str, set[str]]:
+        """Per source, the targets whose column was computed with other clean predictions than the target's own
+        row holds (e.g. it ran on another device): such columns are dropped and computed again."""
+        rows = {n: self.store.read(n) for n in {*tile.sources, *tile.targets}}
+        own = {t: c for t in tile.targets if (c := self.own_correct(t)) is not None}
+        bad: dict[str, set[str]] = {}
+        for s in tile.sources:
+            for t, correct in own.items():
+                column = rows[s].own(self.keys[t]) if rows[s] is not None else None  # type: ignore[union-attr]
+                if s != t and column is not None and not np.array_equal(column, correct):
+                    bad.setdefault(s, set()).add(t)
+        for s, targets in bad.items():
+            log.warning("source %s: its cached columns for %s were computed when those models classified clean "
+                        "images differently (another device or library version?); computing them again", s,
+                        ", ".join(sorted(targets)))
+            with self.store.lock(s):
+                row: Row = self.store.read(s)  # type: ignore[assignment]
+                self.store.write(s, row.without({self.keys[t] for t in targets}), replace=True)
+        return bad
+
+    def records(self, names: list[str]) -> Records:
+        rows: list[Row] = [self.store.read(n) for n in names]  # type: ignore[misc]
+        keys = [self.keys[n] for n in names]
+        correct = np.stack([r.own(k) for r, k in zip(rows, keys)])  # type: ignore[misc]
+        return Records(names, self.ids, self.labels, correct, np.stack([r.columns(keys) for r in rows]))
+
+
 def compute_records(
-    models: Sequence[nn.Module],
-    names: Sequence[str],
-    model_keys: Sequence[str],
+    models: ModelSet,
     data: Dataset,
     attack: Attack,
     seed: int = 0,
@@ -217,143 +479,93 @@ def compute_records(
     num_workers: int = 0,
     cache_dir: str | Path | None = None,
     trainer_cfg: Mapping[str, Any] | None = None,
-    sources: Sequence[str] | None = None,
-    store_adversarial: bool = False,
+    tile: Tile | None = None,
+    store_adversarial: bool = True,
+    memory_budget: Budget | None = None,
     amp: bool | None = None,
 ) -> EngineResult:
-    """Per-sample transfer records of `models` on `data` (items: image, label, sample_id).
+    """Per-sample transfer records of the model set on `data` (items: image, label, sample_id).
 
-    `model_keys` identify the models by content (`PixelModel.fingerprint()`). With `cache_dir`, each source's
-    row is read from / written to `<cache_dir>/records/`; rows are written under a per-file lock, and a source
-    whose row another run is computing is done last, so concurrent runs share the work. `sources` (a shard)
-    restricts the work to those sources' rows; the result then has no records. `store_adversarial` keeps each
-    attacked source's adversarial images beside its row, so that new targets are evaluated without attacking.
+    Args:
+        models: the model set; a model is built only while a phase uses it.
+        cache_dir: the records cache (`<cache_dir>/records/`): rows and images are read from and written to it.
+            None: everything stays in this run (images in a temporary folder).
+        tile: the pairs to compute (`satlab.sat.schedule`); None: the whole map. A tile's result has no
+            records (they are in the cache; `assemble_records` builds the map).
+        store_adversarial: keep each source's images in the cache, so that new targets need no attack.
+        memory_budget: how many models phase 2 keeps resident (`Budget`); None: what the device holds.
+        amp: bf16 autocast (None: on CUDA only).
     """
-    names = list(names)
-    labels, ids = labels_and_ids(data)
-    n, s = len(models), len(ids)
+    names = models.names
     trainer, progress = make_trainer(trainer_cfg)
-    amp = use_amp(amp, trainer)
-    engine = SATEngine(models, names, attack, seed, s, amp)
-    loader = DataLoader(Positioned(data), batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    todo = list(range(n)) if sources is None else [names.index(m) for m in sources]
     if cache_dir is None and trainer.world_size > 1:
-        raise SatlabError(f"trainer.devices: {trainer.world_size} devices share their rows through the records cache: "
+        raise SatlabError(f"trainer.devices: {trainer.world_size} devices meet in the records cache: "
                           "set sat.resume=true")
-    if cache_dir is None and store_adversarial:
-        raise SatlabError("sat.store_adversarial=true keeps the images in the cache: set sat.resume=true")
-    keys = list(model_keys)
+    amp = use_amp(amp, trainer)
     context = row_context(attack, data, seed, trainer, amp)
-    paths = {src: row_path(cache_dir, names[src], keys[src], context) for src in todo} if cache_dir else {}
-    shape = (s, *tuple(data[0][0].shape)) if s else (0,)
-    fooled = np.zeros((n, n, s), dtype=bool)
+    labels, ids = labels_and_ids(data)
+    shape = (len(ids), *tuple(data[0][0].shape)) if len(ids) else (0,)
+    store = RowStore(cache_dir, names, models.keys(), context, ids, labels, shape,
+                     image_dtype(bool(getattr(attack, "quantize", False))), store_adversarial)
+    job = Job(models, data, attack, store, trainer, progress, seed, batch_size, num_workers, amp, cache_dir)
+    work = tile or whole_map(names)
+    budget = memory_budget or device_budget(trainer)
+    sizes = {n: models.nbytes(i) for i, n in enumerate(names)} if budget.nbytes is not None else {}
     result = EngineResult(None, context=context)
     start = time.perf_counter()
-
-    def run_pass(plan: dict[int, Work]) -> None:
-        if not plan and engine.clean_known:
-            return
-        engine.plan = plan
-        if progress:
-            progress.label = ("clean pass + " if not engine.clean_known else "") + f"{len(plan)} source(s)"
-        if trainer.world_size == 1:
-            trainer.predict(engine, loader, return_predictions=False)
-        else:  # forked ranks: this process runs no step; it reads rank 0's clean pass and every rank's columns
-            with tempfile.TemporaryDirectory(dir=Path(cache_dir) / "records", prefix=".ranks-") as spill:  # type: ignore[arg-type]
-                engine.spill = spill
-                trainer.predict(engine, loader, return_predictions=False)
-                engine.correct = np.load(Path(spill) / "correct.npy")
-                engine.fooled = {src: np.load(Path(spill) / f"{src}.npy") for src in plan}
-        engine.clean_known = True
-
-    if cache_dir is None:
-        run_pass({src: Work(list(range(n))) for src in todo})
-        for src in todo:
-            fooled[src] = engine.fooled[src]
-        result.computed = [names[src] for src in todo]
-    queue, busy, wait, forced, per_source = (list(todo) if cache_dir is not None else []), [], False, set(), None
-    while queue or busy:
-        if not queue:  # every other source is done: wait for the runs computing these
-            queue, busy, wait = busy, [], True
-        ranks = trainer.world_size  # a group of k sources per pass keeps k devices busy
-        group = ranks if per_source is None else max(ranks, int(PASS_SECONDS / max(per_source, 1e-9)))
-        cached, plan, rows = {}, {}, {}
-        with ExitStack() as stack:
-            while queue and len(plan) < group:
-                src = queue.pop(0)
-                row = None if src in forced else read_row(paths[src])
-                if row is not None and not row.missing(keys):
-                    cached[src] = row
-                    continue
-                held = stack.enter_context(file_lock(paths[src], f"the records of source {names[src]}", wait=wait))
-                if not held:  # another run is attacking this source: do the others first
-                    busy.append(src)
-                    continue
-                row = None if src in forced else read_row(paths[src])  # written while we waited?
-                if row is not None and not row.missing(keys):
-                    cached[src] = row
-                    continue
-                plan[src], rows[src] = _work(row, paths[src], names[src], keys, shape, store_adversarial, stack), row
-            started = time.perf_counter()
-            run_pass(plan)
-            if plan:
-                per_source = (time.perf_counter() - started) / len(plan)
-            current = Row(keys, engine.correct, ids, labels)
-            completing = {src: rows[src] for src, work in plan.items() if work.stored is not None}
-            redo = [src for src, row in {**cached, **completing}.items() if not row.check(current, names[src], paths[src])]
-            forced.update(redo)
-            queue = redo + queue
-            for src, row in cached.items():
-                if src not in forced:
-                    fooled[src] = row.columns(keys)
-                    result.reused.append(names[src])
-                    log.info("source %s: reused cached row %s", names[src], paths[src].name)
-            for src, work in plan.items():
-                if src in completing:
-                    if src in forced:
-                        continue
-                    new = completing[src].merged(current, engine.fooled[src], work.targets)
-                    result.completed.append(names[src])
-                else:
-                    new = Row(keys, engine.correct, ids, labels, engine.fooled[src])
-                    result.computed.append(names[src])
-                save_row(paths[src], new)
-                fooled[src] = new.columns(keys)
+    try:
+        for round_ in range(6):  # attack, evaluate, check; again only for what the check dropped
+            plan = plan_tile(work, job.keys, {n: store.state(n) for n in work.sources}, sizes, budget)
+            if round_ == 0:
+                say(plan, store.keep)
+            if plan.attack:
+                result.computed += job.attack_sources(plan.attack)
+                continue
+            if plan.columns:
+                for block in plan.blocks:
+                    result.completed += job.evaluate_block(block, plan.columns)
+                    result.blocks += 1
+                continue
+            if not job.disagreeing(work):
+                break
+        else:
+            raise SatlabError("the records could not be completed: rows kept disagreeing with each other "
+                              f"(see the warnings above); delete {Path(cache_dir or '.') / 'records'} and run again")
+        if tile is None:
+            result.records = job.records(names)
+    finally:
+        store.close()
     result.timings["engine_passes"] = time.perf_counter() - start
+    result.seconds = job.seconds
+    result.disk_bytes = store.disk_bytes(list(work.sources)) if store.keep else 0
     order = {m: i for i, m in enumerate(names)}
-    for part in (result.reused, result.computed, result.completed):
-        part.sort(key=order.__getitem__)
+    result.computed = sorted(set(result.computed), key=order.__getitem__)
+    result.completed = sorted(set(result.completed) - set(result.computed), key=order.__getitem__)
+    result.reused = [s for s in work.sources if s not in result.computed and s not in result.completed]
+    for source in result.reused:
+        log.info("source %s: reused cached row%s", source, f" {store.paths[source].name}" if store.paths else "")
     if cache_dir is not None:
         log.info("records: %d source row(s) reused from %s%s, %d completed from stored adversarial images%s, "
-                 "%d computed%s", len(result.reused), Path(cache_dir) / "records", _names(result.reused),
-                 len(result.completed), _names(result.completed), len(result.computed), _names(result.computed))
-    if sources is None:
-        result.records = Records(names, ids, labels, engine.correct, fooled)
+                 "%d computed%s; %d block(s) of targets", len(result.reused), Path(cache_dir) / "records",
+                 _names(result.reused), len(result.completed), _names(result.completed), len(result.computed),
+                 _names(result.computed), result.blocks)
     return result
+
+
+def say(plan: Plan, images_kept: bool) -> None:
+    """The console line for each cached row that lacks targets, naming them, and what is done about it."""
+    for source, targets in plan.lacking.items():
+        shown = ", ".join(targets[:8]) + (f" and {len(targets) - 8} more" if len(targets) > 8 else "")
+        if source in plan.attack:
+            why = ("its adversarial images were not stored; attacking it again"
+                   + ("" if images_kept else " (sat.store_adversarial=true keeps them next time)"))
+        else:
+            why = "evaluating them on its stored adversarial images"
+        log.info("source %s: cached row lacks %d target(s) (%s); %s", source, len(targets), shown, why)
 
 
 def _names(items: list[str]) -> str:
     return f" ({', '.join(items)})" if items else ""
-
-
-def _work(row: Row | None, path: Path, name: str, keys: list[str], shape: tuple[int, ...], store: bool,
-          stack: ExitStack) -> Work:
-    """What to do for a source whose cached row is absent or lacks targets (`row`): complete the row from the
-    stored adversarial images when there are some; else attack again (storing the images if asked)."""
-    stored = read_adversarial(path, shape) if row is not None else None
-    if stored is not None:
-        missing = row.missing(keys)  # type: ignore[union-attr]
-        log.info("source %s: cached row lacks %d target(s); evaluating them on its stored adversarial images",
-                 name, len(missing))
-        return Work(missing, stored=stored)
-    if row is not None:
-        log.info("source %s: cached row lacks %d target(s) and its adversarial images were not stored; "
-                 "attacking it again (sat.store_adversarial=true keeps them next time)", name, len(row.missing(keys)))
-    if not store:
-        adv_path(path).unlink(missing_ok=True)  # images of an older row, if any, no longer match it
-        return Work(list(range(len(keys))))
-    tmp = stack.enter_context(atomic_path(adv_path(path)))  # in place when the pass and the row write succeed
-    return Work(list(range(len(keys))), store=np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape))
 
 
 def assemble_records(
@@ -365,27 +577,40 @@ def assemble_records(
     seed: int = 0,
     trainer_cfg: Mapping[str, Any] | None = None,
     amp: bool | None = None,
+    tiles: Sequence[Tile] | None = None,
 ) -> EngineResult:
-    """The records of a map from its cached rows only (written by shard runs); no model is run.
+    """The records of a map from its cached rows only (written by tile or shard jobs); no model is run.
 
-    The clean correctness is the one stored in the rows (they must agree). Missing rows raise SatlabError
-    naming the sources, before anything is written.
+    Rows that lack pairs raise SatlabError naming the missing tiles (or sources), and rows whose columns were
+    computed with other clean predictions than their targets' own rows raise too, before anything is written.
     """
-    names, keys = list(names), list(model_keys)
+    names, keys = list(names), dict(zip(names, model_keys))
+    if tiles is not None:
+        check_cover(names, tiles)
     labels, ids = labels_and_ids(data)
     trainer, _ = make_trainer({**(plain(trainer_cfg) or {}), "enable_progress_bar": False})
     context = row_context(attack, data, seed, trainer, use_amp(amp, trainer))
-    paths = [row_path(cache_dir, m, k, context) for m, k in zip(names, keys)]
-    rows = [read_row(p) for p in paths]
-    missing = [m for m, r in zip(names, rows) if r is None or r.missing(keys)]
-    if missing:
-        raise SatlabError(f"cannot assemble the map: no complete cached row for {len(missing)} source(s): "
-                          f"{', '.join(missing)} (run the shards that compute them, with the same model set, "
-                          "dataset, attack, seed and trainer)")
-    correct = Row(keys, rows[0].columns(keys, "correct"), ids, labels)  # type: ignore[union-attr]
-    bad = [m for m, r, p in zip(names, rows, paths) if not r.check(correct, m, p)]  # type: ignore[union-attr]
+    store = RowStore(cache_dir, names, list(model_keys), context, ids, labels, (0,), image_dtype(True))
+    rows = {n: store.read(n) for n in names}
+    lacking = {s: [t for t in names if r is None or r.own(keys[t]) is None] for s, r in rows.items()}
+    lacking = {s: t for s, t in lacking.items() if t}
+    if lacking:
+        if tiles is not None:
+            gone = missing_tiles(tiles, lacking)
+            raise SatlabError(f"cannot assemble the map: {len(gone)} of {len(tiles)} tile(s) are not in the cache: "
+                              f"sat.tile={','.join(str(t.index) for t in gone)} (run them with the same model set, "
+                              "dataset, attack, seed and trainer)")
+        raise SatlabError(f"cannot assemble the map: no complete cached row for {len(lacking)} source(s): "
+                          f"{', '.join(lacking)} (run the shards or tiles that compute them, with the same model "
+                          "set, dataset, attack, seed and trainer)")
+    own = {t: rows[t].own(keys[t]) for t in names}  # type: ignore[union-attr]
+    bad = sorted({s for s in names for t in names
+                  if not np.array_equal(rows[s].own(keys[t]), own[t])})  # type: ignore[union-attr]
     if bad:
         raise SatlabError(f"cannot assemble the map: the cached rows of {', '.join(bad)} were computed with other "
-                          f"clean predictions than the row of {names[0]}; recompute them (delete their rows)")
-    fooled = np.stack([r.columns(keys) for r in rows])  # type: ignore[union-attr]
-    return EngineResult(Records(names, ids, labels, correct.correct, fooled), reused=names, context=context)
+                          "clean predictions than their targets' own rows (another device?); recompute those "
+                          "sources (delete their rows) or run the map in one job")
+    order = [keys[n] for n in names]
+    correct = np.stack([own[n] for n in names])
+    fooled = np.stack([rows[n].columns(order) for n in names])  # type: ignore[union-attr]
+    return EngineResult(Records(names, ids, labels, correct, fooled), reused=names, context=context)

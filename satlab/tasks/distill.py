@@ -106,9 +106,8 @@ def run(cfg: DictConfig) -> dict:
                 teacher_acc.append(accuracy(teacher, data.eval))
     else:
         seed = int(params.reference_seed)
-        nets = models.load_all() + ([] if zoo_reference else [train(builder(seed), seed=seed).run()[0]])
-        result = compute_records(nets, teachers + [reference], [m.fingerprint() for m in nets], data.eval, attack,
-                                 seed=int(cfg.seed), batch_size=int(params.sat_batch_size),
+        pool = models if zoo_reference else models.with_model(reference, train(builder(seed), seed=seed).run()[0])
+        result = compute_records(pool, data.eval, attack, seed=int(cfg.seed), batch_size=int(params.sat_batch_size),
                                  cache_dir=Path(cfg.paths.cache_dir), trainer_cfg=trainer_cfg)
         matrix = metric.sat_matrix(result.records.correct, result.records.fooled, float(params.eps_s))
         sat, teacher_acc = list(matrix[: len(teachers), -1]), list(result.records.correct[: len(teachers)].mean(1))

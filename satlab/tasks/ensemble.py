@@ -108,7 +108,7 @@ def run(cfg: DictConfig) -> dict:
     log.info("prediction pass: %d model(s) computed, %d read from the cache", len(preds.computed), len(preds.reused))
     if matrix_path is None:
         tick = time.perf_counter()
-        result = compute_records(models.load_all(), names, models.keys(), data.eval, attack, seed=int(cfg.seed),
+        result = compute_records(models, data.eval, attack, seed=int(cfg.seed),
                                  batch_size=int(ecfg.batch_size), num_workers=int(ecfg.num_workers),
                                  cache_dir=Path(cfg.paths.cache_dir) if ecfg.resume else None, trainer_cfg=trainer_cfg)
         matrix_path = write_matrix(out / "sat_matrix.csv", names,

@@ -20,12 +20,12 @@ from satlab.analysis.plots import plot_sat_heatmap
 from satlab.analysis.structure import Structure, structure
 from satlab.models import COMPONENTS, ModelSet, model_specs
 from satlab.sat import metric
-from satlab.sat.engine import assemble_records, compute_records
+from satlab.sat.engine import assemble_records, check_budget, compute_records
 from satlab.sat.records import Records, save_records, write_matrix
-from satlab.sat.shards import select_sources
+from satlab.sat.schedule import Tile, job_tile, parse_budget, tile_list
 from satlab.tasks.common import build, eval_data, open_models, output_dir, trainer_config, write_summary
 from satlab.tasks.tracking import start_tracking
-from satlab.utils import SatlabError, check_writable_dir, write_csv
+from satlab.utils import SatlabError, check_writable_dir, plain, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ def run(cfg: DictConfig) -> dict:
     check_writable_dir(cfg.paths.cache_dir, "paths.cache_dir")
     out = output_dir(cfg)
     assemble = bool(params.assemble)
-    sources = shard_sources(cfg, [s.name for s in model_specs(cfg.model_set)], assemble)
+    tile, tiles = job_of(cfg, model_specs_names(cfg), assemble)
+    budget = parse_budget(params.memory_budget)
     attack = build(cfg, "attack")
     start = time.perf_counter()
     data = eval_data(cfg, attack)
@@ -44,31 +45,27 @@ def run(cfg: DictConfig) -> dict:
     log.info("attack %s", attack.summary())  # the budget used; attack.notes say what was adjusted
     start = time.perf_counter()
     models = open_models(cfg, data)
-    model_list = [] if assemble else models.load_all()
+    check_budget(models, budget)  # from the architectures: before any model is trained or loaded
     keys = models.keys()
     timings["models"] = time.perf_counter() - start
 
     start = time.perf_counter()
     engine = dict(seed=int(cfg.seed), trainer_cfg=trainer_config(cfg))
     if assemble:  # before tracking: missing rows stop the run with nothing written
-        result = assemble_records(models.names, keys, data.eval, attack, cfg.paths.cache_dir, **engine)
+        result = assemble_records(models.names, keys, data.eval, attack, cfg.paths.cache_dir, tiles=tiles, **engine)
     tracker = start_tracking(cfg, "sat", out)
     if not assemble:
         result = compute_records(
-            model_list, models.names, keys, data.eval, attack, batch_size=int(params.batch_size),
-            num_workers=int(params.num_workers), cache_dir=Path(cfg.paths.cache_dir) if params.resume else None,
-            sources=sources, store_adversarial=bool(params.store_adversarial), **engine)
+            models, data.eval, attack, batch_size=int(params.batch_size), num_workers=int(params.num_workers),
+            cache_dir=Path(cfg.paths.cache_dir) if params.resume else None, tile=tile,
+            store_adversarial=bool(params.store_adversarial), memory_budget=budget, **engine)
     timings["engine"] = time.perf_counter() - start
     timings.update(result.timings)
     progress = {"reused_sources": result.reused, "computed_sources": result.computed,
-                "completed_sources": result.completed, "records_context": result.context}
-    if result.records is None:  # a shard: its rows are in the cache
-        write_summary(out, cfg, timings, shard=sources, **progress)
-        tracker.summary({"timings_s": timings, "shard": sources})
-        tracker.finish()
-        print(f"shard done: rows of {', '.join(sources or [])} are in {Path(cfg.paths.cache_dir) / 'records'}; "
-              "when every shard is done, run the same command with sat.assemble=true (and no sat.shard)")
-        return progress
+                "completed_sources": result.completed, "records_context": result.context,
+                "target_blocks": result.blocks, "cache_disk_mib": round(result.disk_bytes / 2**20, 2)}
+    if result.records is None:  # a tile: its rows are in the cache
+        return tile_done(cfg, out, tracker, timings, tile, progress)  # type: ignore[arg-type]
 
     tick = time.perf_counter()
     results = write_map(out, result.records, models, float(params.eps_s), int(params.n_bootstrap), int(cfg.seed),
@@ -104,14 +101,32 @@ def map_title(model_set: str, dataset: str, attack, n_images: int) -> str:
     return f"SAT: {model_set} on {dataset} ({n_images} images)\n{attack.name}, {norm} eps={eps}, {steps}"
 
 
-def shard_sources(cfg: DictConfig, names: list[str], assemble: bool) -> list[str] | None:
-    """The sources of `sat.shard` (None: every model), checked against `sat.assemble` and `sat.resume`."""
-    sources = select_sources(names, cfg.sat.shard)
-    if assemble and sources is not None:
-        raise SatlabError("sat.assemble=true builds the whole map from the cache; drop sat.shard")
-    if (assemble or sources is not None) and not cfg.sat.resume:
-        raise SatlabError("sat.shard and sat.assemble meet in the records cache: set sat.resume=true")
-    return sources
+def job_of(cfg: DictConfig, names: list[str], assemble: bool) -> tuple[Tile | None, list[Tile] | None]:
+    """This job's tile (None: the whole map) from `sat.shard` / `sat.tiles` + `sat.tile`, and the list of tiles
+    (checked to cover the map once), checked against `sat.assemble` and `sat.resume`."""
+    params = cfg.sat
+    tiles = plain(params.tiles)
+    tile = job_tile(names, plain(params.shard), tiles, plain(params.tile), assemble)
+    if (assemble or tile is not None) and not params.resume:
+        raise SatlabError("sat.shard, sat.tiles and sat.assemble meet in the records cache: set sat.resume=true")
+    return tile, (tile_list(names, tiles) if tiles is not None else None)
+
+
+def tile_done(cfg: DictConfig, out: Path, tracker, timings: dict, tile: Tile, progress: dict) -> dict:
+    """A tile's (or shard's) end: its rows are in the cache; the summary says which pairs it holds."""
+    shard = list(tile.sources) if tile.targets == tuple(model_specs_names(cfg)) else None
+    info = {"shard": shard, "tile": {"index": tile.index, "sources": list(tile.sources),
+                                     "targets": list(tile.targets)}}
+    write_summary(out, cfg, timings, **info, **progress)
+    tracker.summary({"timings_s": timings, **info})
+    tracker.finish()
+    print(f"{tile.describe()} done: its rows are in {Path(cfg.paths.cache_dir) / 'records'}; when every tile is "
+          "done, run the same command with sat.assemble=true (and no sat.shard / sat.tile)")
+    return progress
+
+
+def model_specs_names(cfg: DictConfig) -> list[str]:
+    return [s.name for s in model_specs(cfg.model_set)]
 
 
 class MapResults:

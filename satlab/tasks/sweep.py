@@ -191,7 +191,7 @@ def _get(summary: Mapping[str, Any], dotted: str) -> Any:
 def sat_headline(summary: Mapping[str, Any], job_dir: Path) -> dict[str, Any]:
     """A task=sat job's headline: the SAT range (min / median / max of the off-diagonal pairs with a value, read
     from its `sat_matrix.csv`), pairs without a value, floored pairs, the structure numbers, mean clean accuracy
-    and mean white-box success (%), the number of images; a shard's sources.
+    and mean white-box success (%), the number of images; a shard's sources, a tile's sources x targets.
 
     Args:
         summary: the job's `summary.json`.
@@ -199,6 +199,9 @@ def sat_headline(summary: Mapping[str, Any], job_dir: Path) -> dict[str, Any]:
     """
     if summary.get("shard") is not None:
         return {"shard": ", ".join(summary["shard"])}
+    if summary.get("tile") is not None:
+        tile = summary["tile"]
+        return {"tile": f"{', '.join(tile['sources'])} x {', '.join(tile['targets'])}"}
     row: dict[str, Any] = {}
     values = _pair_values(job_dir / "sat_matrix.csv")
     if values is not None:
