@@ -270,15 +270,17 @@ def flops(name: str, size: int | None = None, classes: int = 1000) -> float:
     return float(counter.get_total_flops())
 
 
-def section_dry_run(images: int) -> dict:
-    run = child(["--dry-run", str(images)])
+def section_dry_run(images: int, saved: str | None = None) -> dict:
+    """(d), from a fresh process (or from the raw measurement a previous run kept, `--dry-result`)."""
+    run = json.loads(Path(saved).read_text()) if saved else child(["--dry-run", str(images)])
     Path("/tmp/satlab-bench-dry-run.json").write_text(json.dumps(run))  # the raw measurement, kept
-    names = run["names"]
+    images = run.get("images", images)
+    names = [k.split(" ", 1)[1] for k in run["per"] if k.startswith("attack ")]  # the model set's names, in order
     print(f"## (d) dry run: the {len(names)} paper69 architectures at 224 px\n")
     print(f"Random weights with one class (every image is in every X_AB), {images} image(s) of 224 px (each model "
           f"resizes them to its own input size, as in a real run), PGD 1 step, memory_budget=auto, one process on "
           f"{os.cpu_count()} CPU core(s).\n")
-    fwd = {n: flops(n) for n in names}
+    fwd = {n: flops(t) for n, t in zip(names, run["names"])}
     attack = {n: run["per"].get(f"attack {n}", float("nan")) for n in names}
     evaluate = {}
     for label, seconds in run["per"].items():
@@ -296,7 +298,7 @@ def section_dry_run(images: int) -> dict:
     for n, b in zip(names, run["nbytes"]):
         print(f"| {n} | {b / 2**20:.0f} MiB | {fwd[n] / 1e9:.1f} | {attack[n]:.1f} s | {evaluate.get(n, 0):.1f} s |")
     print()
-    return {"fwd": fwd, "names": names, "run": run}
+    return {"fwd": fwd, "names": names, "run": run}  # names: as in run["per"]
 
 
 # -------------------------------------------------------------------------------------------------- (e)
@@ -370,6 +372,7 @@ def main() -> None:
     parser.add_argument("--cnn", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dry-run", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--dry-result", help="the raw (d) measurement a previous run kept (/tmp/satlab-bench-dry-run.json)")
     args = parser.parse_args()
     if args.cnn:
         print(json.dumps(cnn_run(args.cnn, args.budget)))
@@ -384,7 +387,7 @@ def main() -> None:
         section_memory_and_time([int(n) for n in args.sizes.split(",")])
     if "c" not in skip:
         section_plain_loop(args.rounds)
-    dry = section_dry_run(args.images) if "d" not in skip else None
+    dry = section_dry_run(args.images, args.dry_result) if "d" not in skip else None
     if "e" not in skip:
         section_cost(dry, args.sample, 0)
 
