@@ -131,7 +131,6 @@ def main() -> None:
         achieved = (attack_rate * step, eval_rate * fwd)
         rates.append(achieved)
         rows.append((arch, fwd, attack_rate, achieved[0], attack_mem, eval_rate, achieved[1], eval_mem))
-        del model, x
     print("| model | GFLOP / image (fwd) | attack: images x steps / s | TFLOP/s (of matmul rate) | peak memory "
           "| evaluation: images / s | TFLOP/s (of matmul rate) | peak memory |")
     print("|---|---|---|---|---|---|---|---|")

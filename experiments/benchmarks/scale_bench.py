@@ -130,7 +130,7 @@ def section_memory_and_time(sizes: list[int]) -> None:
 def plain_loop(models, data, attack, batch_size: int):
     """The best plain loop: every model resident, one attack per source on the images it classifies correctly,
     then N^2 evaluations on X_AB, no caching. Same batches and per-sample seeds as the engine."""
-    from satlab.sat.engine import sample_seeds
+    from satlab.sat.phases import sample_seeds
 
     names = [m[0] for m in models]
     nets = [m[1] for m in models]

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from satlab.data import data_fingerprint, labels_and_ids
-from satlab.sat.engine import Batches, EngineProgress
+from satlab.sat.phases import Batches, EngineProgress
 from satlab.lightning import build_trainer
 from satlab.utils import SatlabError, atomic_path, move_aside, plain, stable_hash
 

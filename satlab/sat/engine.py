@@ -23,8 +23,7 @@ import logging
 import os
 import tempfile
 import time
-import zlib
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -32,216 +31,25 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import TQDMProgressBar
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from satlab.attacks import Attack
 from satlab.data import data_fingerprint, labels_and_ids
 from satlab.lightning import build_trainer
 from satlab.models import ModelSet
-from satlab.sat.cache import Row, RowStore, from_stored, image_dtype, to_stored
+from satlab.sat.cache import Row, RowStore, image_dtype
+from satlab.sat.phases import (AdversarialBatches, Batches, CleanPass, EngineProgress, Phase, RankShare, SourcePass,
+                               TargetPass)
 from satlab.sat.records import Records
 from satlab.sat.schedule import Budget, Plan, Tile, check_cover, missing_tiles, plan_tile, target_blocks, whole_map
-from satlab.utils import SatlabError, atomic_path, plain
+from satlab.utils import SatlabError, plain
 
 log = logging.getLogger(__name__)
 
 # Phase 2 batches hold this many times `batch_size` images: an evaluation keeps no activations for gradients, so
 # it fits larger batches than the attack, and larger batches run faster. Records do not depend on it (tested).
 EVAL_BATCHES = 4
-
-
-def sample_seeds(seed: int, source: str, sample_ids: torch.Tensor) -> torch.Tensor:
-    """Per-sample random-start seeds: a function of (run seed, source model, sample id) only."""
-    base = zlib.crc32(f"{seed}:{source}".encode())
-    return (sample_ids.to(torch.int64).cpu() * 1_000_003 + base) % (2**62)
-
-
-# ------------------------------------------------------------------------------------------ the two phases
-
-
-class Batches(Dataset):
-    """The evaluation data in fixed batches: item b = (images, labels, sample ids, positions) of samples
-    b*size .. (b+1)*size-1, so every device and run sees the same batches (several devices take every k-th)."""
-
-    def __init__(self, data: Dataset, size: int) -> None:
-        self.data, self.size = data, size
-
-    def __len__(self) -> int:
-        return -(-len(self.data) // self.size)  # type: ignore[arg-type]
-
-    def __getitem__(self, b: int) -> Any:
-        stop = min((b + 1) * self.size, len(self.data))  # type: ignore[arg-type]
-        return default_collate([(*self.data[i], i) for i in range(b * self.size, stop)])
-
-
-class AdversarialBatches(Dataset):
-    """Phase 2's batches: the stored images of several sources at the positions a block of targets needs,
-    source after source, `size` at a time (a batch mixes sources). Item b = (images, labels, source, position).
-
-    Args:
-        images: per source, its images [S,C,H,W] (memory-mapped); labels: [S].
-        items: [K,2] (source index, position), sorted by source then position.
-    """
-
-    def __init__(self, images: Sequence[np.ndarray], labels: np.ndarray, items: np.ndarray, size: int) -> None:
-        self.images, self.labels, self.items, self.size = images, labels, items, size
-
-    def __len__(self) -> int:
-        return -(-len(self.items) // self.size)
-
-    def __getitem__(self, b: int) -> tuple[torch.Tensor, ...]:
-        chunk = self.items[b * self.size:(b + 1) * self.size]
-        src, pos = chunk[:, 0], chunk[:, 1]
-        x = np.concatenate([self.images[s][pos[src == s]] for s in np.unique(src)])  # one read per source
-        return (torch.from_numpy(x), torch.from_numpy(self.labels[pos]), torch.from_numpy(src),
-                torch.from_numpy(pos))
-
-
-class RankShare(Dataset):
-    """Every k-th item of `data` from the rank's index, for k forked DDP ranks; all items in one process. Each
-    rank gets ceil(n / k) items (Lightning wants at least one batch per rank): the last ranks repeat items from
-    the start, which compute the same results again. The rank is read inside the rank, when the loader asks."""
-
-    def __init__(self, data: Dataset) -> None:
-        self.data, self.shares = data, {}
-
-    def share(self) -> list[int]:
-        dist = torch.distributed
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        if (rank, world) not in self.shares:
-            n = len(self.data)  # type: ignore[arg-type]
-            self.shares[rank, world] = [(rank + world * k) % n for k in range(-(-n // world))] if n else []
-        return self.shares[rank, world]
-
-    def __len__(self) -> int:
-        return len(self.share())
-
-    def __getitem__(self, i: int) -> Any:
-        return self.data[self.share()[i]]
-
-
-class Phase(pl.LightningModule):
-    """A phase's step: models in eval mode (channels_last on CUDA, bf16 autocast with `amp`), results written
-    into boolean arrays (`outputs`). Several devices: each rank leaves its arrays in `spill`; the engine ORs
-    them (a rank leaves False where it had no batch)."""
-
-    def __init__(self, models: Sequence[nn.Module], amp: bool) -> None:
-        super().__init__()
-        self.models = nn.ModuleList(models).eval()
-        self.amp = amp
-        self.spill = ""
-
-    def outputs(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def on_predict_start(self) -> None:
-        if self.trainer.strategy.root_device.type == "cuda":
-            self.models.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-    def on_predict_end(self) -> None:
-        if self.trainer.world_size > 1:
-            with atomic_path(Path(self.spill) / f"rank{self.trainer.global_rank}.npz") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, **self.outputs())
-
-    def layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
-
-    def cast(self, x: torch.Tensor) -> Any:
-        """bf16 autocast (with `amp`): it lowers matmul/conv-like ops only, so images and rounding stay fp32."""
-        return torch.autocast(x.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
-
-
-class SourcePass(Phase):
-    """Phase 1 for one source: clean correctness [S], the attack of the images it classifies correctly (written
-    into `images` by position) and whether they fool the source itself [S]."""
-
-    def __init__(self, model: nn.Module, name: str, attack: Attack, seed: int, images: np.ndarray, amp: bool) -> None:
-        super().__init__([model], amp)
-        self.name, self.attack, self.seed, self.images = name, attack, seed, images
-        self.correct = np.zeros(len(images), dtype=bool)
-        self.fooled = np.zeros(len(images), dtype=bool)
-
-    def outputs(self) -> dict[str, np.ndarray]:
-        return {"correct": self.correct, "fooled": self.fooled}
-
-    def predict_step(self, batch: Any, batch_idx: int) -> dict:
-        x, y, ids, pos = batch
-        x, model, p = self.layout(x), self.models[0], pos.cpu().numpy()
-        with self.cast(x):
-            with torch.inference_mode():
-                correct = model(x).argmax(1) == y
-            self.correct[p] = correct.cpu().numpy()
-            keep = correct.nonzero().squeeze(1)
-            if not keep.numel():
-                return {}
-            x_adv = self.attack(model, x[keep], y[keep], sample_seeds(self.seed, self.name, ids[keep]))
-            at = p[keep.cpu().numpy()]
-            self.images[at] = to_stored(x_adv, self.images.dtype)
-            with torch.inference_mode():
-                self.fooled[at] = (model(x_adv).argmax(1) != y[keep]).cpu().numpy()
-        return {}  # results are written into the arrays by position
-
-
-class CleanPass(Phase):
-    """Clean correctness [T,S] of targets whose own row is not in the cache (a tile's targets)."""
-
-    def __init__(self, models: Sequence[nn.Module], n_samples: int, amp: bool) -> None:
-        super().__init__(models, amp)
-        self.correct = np.zeros((len(models), n_samples), dtype=bool)
-
-    def outputs(self) -> dict[str, np.ndarray]:
-        return {"correct": self.correct}
-
-    def predict_step(self, batch: Any, batch_idx: int) -> dict:
-        x, y, _, pos = batch
-        x = self.layout(x)
-        with self.cast(x), torch.inference_mode():
-            for j, model in enumerate(self.models):
-                self.correct[j, pos.cpu().numpy()] = (model(x).argmax(1) == y).cpu().numpy()
-        return {}
-
-
-class TargetPass(Phase):
-    """Phase 2 for one block of targets: fooled [sources, targets, S] on X_AB for the pairs in `need`.
-
-    Args:
-        models: the block's targets; correct: their clean correctness [T,S];
-        need: [sources, T] which pairs to evaluate; n_samples: S.
-    """
-
-    def __init__(self, models: Sequence[nn.Module], correct: np.ndarray, need: np.ndarray, amp: bool) -> None:
-        super().__init__(models, amp)
-        self.correct, self.need = correct, need
-        self.fooled = np.zeros((len(need), len(models), correct.shape[1]), dtype=bool)
-
-    def outputs(self) -> dict[str, np.ndarray]:
-        return {"fooled": self.fooled}
-
-    def predict_step(self, batch: Any, batch_idx: int) -> dict:
-        x, y, src, pos = batch
-        x, s, p = self.layout(from_stored(x)), src.cpu().numpy(), pos.cpu().numpy()
-        with self.cast(x), torch.inference_mode():
-            for j, model in enumerate(self.models):
-                mask = self.correct[j, p] & self.need[s, j]
-                if mask.any():
-                    on = torch.from_numpy(mask).to(x.device)
-                    self.fooled[s[mask], j, p[mask]] = (model(x[on]).argmax(1) != y[on]).cpu().numpy()
-        return {}
-
-
-class EngineProgress(TQDMProgressBar):
-    """A progress bar that says what the pass does ("attack resnet18")."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.label = "SAT pass"
-
-    @property
-    def predict_description(self) -> str:
-        return self.label
 
 
 # --------------------------------------------------------------------------------------------- the trainer

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from satlab.sat.engine import sample_seeds
+from satlab.sat.phases import sample_seeds
 from satlab.sat.records import Records
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
