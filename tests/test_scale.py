@@ -14,7 +14,8 @@ from satlab.data.common import TensorImages
 from satlab.models import ModelSet
 from satlab.models.factory import build_model, module_bytes
 from satlab.models.specs import ModelSpec
-from satlab.sat.engine import assemble_records, compute_records
+from satlab.sat.assemble import assemble_records
+from satlab.sat.engine import compute_records
 from satlab.sat.reference import pairwise_records
 from satlab.sat.schedule import Budget, shard_tile, target_blocks, tile_list
 from satlab.utils import SatlabError

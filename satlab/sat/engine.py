@@ -8,7 +8,7 @@ use resident.
 
 What to attack and evaluate is decided by the scheduler (`satlab.sat.schedule`) from what the source rows of
 the records cache hold (`satlab.sat.cache`): a row only grows, so a run on other targets adds columns; a job
-computes one tile of the map (`Tile`) and `assemble_records` builds the map from the rows. Each phase is one
+computes one tile of the map (`Tile`) and `satlab.sat.assemble` builds the map from the rows. Each phase is one
 small LightningModule under `trainer.predict` (several devices: forked DDP ranks, each taking every k-th batch).
 Rows and images are written atomically under a per-source lock, so an interrupted run resumes where it stopped
 and concurrent runs share the work. No Hydra, no wandb here.
@@ -26,7 +26,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pytorch_lightning as pl
@@ -42,7 +42,7 @@ from satlab.sat.cache import Row, RowStore, image_dtype
 from satlab.sat.phases import (AdversarialBatches, Batches, CleanPass, EngineProgress, Phase, RankShare, SourcePass,
                                TargetPass)
 from satlab.sat.records import Records
-from satlab.sat.schedule import Budget, Plan, Tile, check_cover, missing_tiles, plan_tile, target_blocks, whole_map
+from satlab.sat.schedule import Budget, Plan, Tile, plan_tile, target_blocks, whole_map
 from satlab.utils import SatlabError, plain
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ def compute_records(
         cache_dir: the records cache (`<cache_dir>/records/`): rows and images are read from and written to it.
             None: everything stays in this run (images in a temporary folder).
         tile: the pairs to compute (`satlab.sat.schedule`); None: the whole map. A tile's result has no
-            records (they are in the cache; `assemble_records` builds the map).
+            records (they are in the cache; `satlab.sat.assemble.assemble_records` builds the map).
         store_adversarial: keep each source's images in the cache, so that new targets need no attack.
         memory_budget: how many models phase 2 keeps resident (`Budget`); None: what the device holds.
         amp: bf16 autocast (None: on CUDA only).
@@ -374,51 +374,3 @@ def say(plan: Plan, images_kept: bool) -> None:
 
 def _names(items: list[str]) -> str:
     return f" ({', '.join(items)})" if items else ""
-
-
-def assemble_records(
-    names: Sequence[str],
-    model_keys: Sequence[str],
-    data: Dataset,
-    attack: Attack,
-    cache_dir: str | Path,
-    seed: int = 0,
-    trainer_cfg: Mapping[str, Any] | None = None,
-    amp: bool | None = None,
-    tiles: Sequence[Tile] | None = None,
-) -> EngineResult:
-    """The records of a map from its cached rows only (written by tile or shard jobs); no model is run.
-
-    Rows that lack pairs raise SatlabError naming the missing tiles (or sources), and rows whose columns were
-    computed with other clean predictions than their targets' own rows raise too, before anything is written.
-    """
-    names, keys = list(names), dict(zip(names, model_keys))
-    if tiles is not None:
-        check_cover(names, tiles)
-    labels, ids = labels_and_ids(data)
-    trainer, _ = make_trainer({**(plain(trainer_cfg) or {}), "enable_progress_bar": False})
-    context = row_context(attack, data, seed, trainer, use_amp(amp, trainer))
-    store = RowStore(cache_dir, names, list(model_keys), context, ids, labels, (0,), image_dtype(True))
-    rows = {n: store.read(n) for n in names}
-    lacking = {s: [t for t in names if r is None or r.own(keys[t]) is None] for s, r in rows.items()}
-    lacking = {s: t for s, t in lacking.items() if t}
-    if lacking:
-        if tiles is not None:
-            gone = missing_tiles(tiles, lacking)
-            raise SatlabError(f"cannot assemble the map: {len(gone)} of {len(tiles)} tile(s) are not in the cache: "
-                              f"sat.tile={','.join(str(t.index) for t in gone)} (run them with the same model set, "
-                              "dataset, attack, seed and trainer)")
-        raise SatlabError(f"cannot assemble the map: no complete cached row for {len(lacking)} source(s): "
-                          f"{', '.join(lacking)} (run the shards or tiles that compute them, with the same model "
-                          "set, dataset, attack, seed and trainer)")
-    own = {t: rows[t].own(keys[t]) for t in names}  # type: ignore[union-attr]
-    bad = sorted({s for s in names for t in names
-                  if not np.array_equal(rows[s].own(keys[t]), own[t])})  # type: ignore[union-attr]
-    if bad:
-        raise SatlabError(f"cannot assemble the map: the cached rows of {', '.join(bad)} were computed with other "
-                          "clean predictions than their targets' own rows (another device?); recompute those "
-                          "sources (delete their rows) or run the map in one job")
-    order = [keys[n] for n in names]
-    correct = np.stack([own[n] for n in names])
-    fooled = np.stack([rows[n].columns(order) for n in names])  # type: ignore[union-attr]
-    return EngineResult(Records(names, ids, labels, correct, fooled), reused=names, context=context)

@@ -20,7 +20,8 @@ from satlab.analysis.plots import plot_sat_heatmap
 from satlab.analysis.structure import Structure, structure
 from satlab.models import COMPONENTS, ModelSet, model_specs
 from satlab.sat import metric
-from satlab.sat.engine import assemble_records, check_budget, compute_records
+from satlab.sat.assemble import assemble_records
+from satlab.sat.engine import check_budget, compute_records
 from satlab.sat.records import Records, save_records, write_matrix
 from satlab.sat.schedule import Tile, job_tile, parse_budget, tile_list
 from satlab.tasks.common import build, eval_data, open_models, output_dir, trainer_config, write_summary
