@@ -57,6 +57,30 @@ def test_models_are_built_when_asked_and_keys_once():
     assert models.keys()[1] == key and Counting.built == 4  # the two other keys built one model each
 
 
+def test_a_block_lets_its_models_go_together_and_trims_the_heap_once(monkeypatch):
+    import weakref
+
+    from satlab.models import model_set
+
+    trims = []
+    monkeypatch.setattr(model_set, "release_freed_memory", lambda: trims.append(1))
+    specs = [ModelSpec(n, n, input_size="dataset") for n in ("test_resnet", "test_convnext", "test_vit")]
+    models = ModelSet([TimmSource(s, 10, 32, seed=0) for s in specs])
+    with models.use_block([0, 2]) as nets:
+        assert [type(n.model).__name__ for n in nets] == ["ResNet", "VisionTransformer"]
+        alive = [weakref.ref(n) for n in nets]
+    assert all(a() is None for a in alive) and not nets and trims == [1]  # freed, one trim for the block
+    with models.use(1) as model:
+        one = weakref.ref(model)
+        del model
+    assert one() is None and trims == [1, 1]
+    mine = models.load(0)
+    ready = ModelSet.from_models(["mine"], [mine])
+    with ready.use(0) as model:
+        assert model is mine
+    assert trims == [1, 1]  # a model the caller built stays the caller's: nothing freed, no trim
+
+
 def test_a_duplicate_or_mismatched_model_is_an_error():
     spec = ModelSpec("a", "test_resnet", input_size="dataset")
     with pytest.raises(SatlabError, match="more than once"):

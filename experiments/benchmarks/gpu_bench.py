@@ -64,8 +64,15 @@ def step_flops(model, x, y) -> tuple[float, float]:
     with FlopCounterMode(display=False) as fwd, torch.no_grad():
         model(x[:1])
     xa = x[:1].clone().requires_grad_(True)
-    with FlopCounterMode(display=False) as step:
-        torch.autograd.grad(F.cross_entropy(model(xa).float(), y[:1], reduction="sum"), xa)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:  # as in the attack: the gradient to the input only
+        p.requires_grad_(False)
+    try:  # .backward(), not autograd.grad: the counter's module hooks refuse autograd.grad on a leaf
+        with FlopCounterMode(display=False) as step:
+            F.cross_entropy(model(xa).float(), y[:1], reduction="sum").backward()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return float(fwd.get_total_flops()), float(step.get_total_flops())
 
 
@@ -82,7 +89,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128, help="attack batch (evaluation: 4x)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--images", type=int, default=512, help="images of the end-to-end engine map")
+    parser.add_argument("--models", default=",".join(MODELS), help="timm architectures, comma-separated")
     args = parser.parse_args()
+    archs = args.models.split(",")
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device here: nothing measured (run on a machine with a GPU)")
@@ -97,12 +106,12 @@ def main() -> None:
     peak = peak_matmul(device)
     sheet = next((v for k, v in DATASHEET_BF16.items() if k in name), None)
     print(f"# satlab GPU benchmark: {name}, torch {torch.__version__}, timm {timm.__version__}\n")
-    print(f"Measured {'bf16' if device == 'cuda' else 'fp32'} matmul rate: {peak / 1e12:.0f} TFLOP/s"
+    print(f"Measured {'bf16' if device == 'cuda' else 'fp32'} matmul rate: {peak / 1e12:.3g} TFLOP/s"
           + (f" (data sheet, dense bf16: {sheet / 1e12:.0f})" if sheet else "") + "\n")
     attack = create_attack("pgd_linf", eps=8 / 255, steps=args.steps)
     cast = torch.autocast(device, dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
     rows, rates = [], []
-    for arch in MODELS:
+    for arch in archs:
         model = build_model(ModelSpec(arch, arch, pretrained=False, input_size=224), 1000, 224).to(device)
         if device == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -116,7 +125,7 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
             xa, ya = x[:args.batch], y[:args.batch]
             seconds = timed(lambda: attack(model, xa, ya, torch.arange(len(xa))), device)
-            attack_mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+            attack_mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device == "cuda" else "-"
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
 
@@ -125,7 +134,7 @@ def main() -> None:
                     model(x).argmax(1)
 
             eval_seconds = timed(evaluate, device)
-            eval_mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+            eval_mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device == "cuda" else "-"
         attack_rate = len(xa) * args.steps / seconds
         eval_rate = len(x) / eval_seconds
         achieved = (attack_rate * step, eval_rate * fwd)
@@ -135,24 +144,25 @@ def main() -> None:
           "| evaluation: images / s | TFLOP/s (of matmul rate) | peak memory |")
     print("|---|---|---|---|---|---|---|---|")
     for arch, fwd, ar, aa, am, er, ea, em in rows:
-        print(f"| {arch} | {fwd / 1e9:.1f} | {ar:,.0f} | {aa / 1e12:.1f} ({aa / peak:.0%}) | {am:.1f} GiB | "
-              f"{er:,.0f} | {ea / 1e12:.1f} ({ea / peak:.0%}) | {em:.1f} GiB |")
-    engine_rate = engine_map(device, args.images, args.steps)
+        print(f"| {arch} | {fwd / 1e9:.2f} | {ar:,.1f} | {aa / 1e12:.3g} ({aa / peak:.0%}) | {am} | "
+              f"{er:,.1f} | {ea / 1e12:.3g} ({ea / peak:.0%}) | {em} |")
+    engine_rate = engine_map(device, archs, args.images, args.steps)
     from experiments.benchmarks.scale_bench import map_flops, paper69_names, flops
 
     fwd69 = [flops(n) for n in paper69_names()]
     paper = map_flops(fwd69, 5000, 10, 0.8)
     every = len([n for n in timm.list_pretrained() if "in1k" in n.partition(".")[2]])
     everything = map_flops([statistics.fmean(fwd69)] * every, 5000, 10, 0.8)
-    print(f"\nEngine end to end: {engine_rate / 1e12:.1f} TFLOP/s achieved on a map of the three models "
+    print(f"\nEngine end to end: {engine_rate / 1e12:.3g} TFLOP/s achieved on a map of the {len(archs)} models "
           f"({engine_rate / peak:.0%} of the measured matmul rate).\n")
+    unit = "GPU-hours" if device == "cuda" else f"{device}-hours"
     print(f"Paper-scale estimate at the engine's achieved rate: the paper's map ({paper:.2e} FLOPs) "
-          f"{paper / engine_rate / 3600:.1f} GPU-hours; every timm ImageNet-1k classifier ({every} models, with "
-          f"paper69's mean FLOPs, {everything:.2e} FLOPs) {everything / engine_rate / 3600:,.0f} GPU-hours.")
+          f"{paper / engine_rate / 3600:,.1f} {unit}; every timm ImageNet-1k classifier ({every} models, with "
+          f"paper69's mean FLOPs, {everything:.2e} FLOPs) {everything / engine_rate / 3600:,.0f} {unit}.")
 
 
-def engine_map(device: str, images: int, steps: int) -> float:
-    """The engine on the three models and `images` synthetic images with one class; achieved FLOP/s."""
+def engine_map(device: str, archs: list[str], images: int, steps: int) -> float:
+    """The engine on the models `archs` and `images` synthetic images with one class; achieved FLOP/s."""
     from satlab.attacks import create_attack
     from satlab.data.common import TensorImages
     from satlab.models import ModelSet, TimmSource
@@ -160,7 +170,7 @@ def engine_map(device: str, images: int, steps: int) -> float:
     from satlab.sat.engine import compute_records
     from experiments.benchmarks.scale_bench import flops, map_flops
 
-    models = ModelSet([TimmSource(ModelSpec(a, a, pretrained=False, input_size=224), 1, 224) for a in MODELS])
+    models = ModelSet([TimmSource(ModelSpec(a, a, pretrained=False, input_size=224), 1, 224) for a in archs])
     models.keys()
     data = TensorImages(torch.randint(0, 256, (images, 3, 224, 224), dtype=torch.uint8), [0] * images, range(images))
     trainer = {"accelerator": "gpu" if device == "cuda" else "cpu", "enable_progress_bar": False}
@@ -169,7 +179,7 @@ def engine_map(device: str, images: int, steps: int) -> float:
                              trainer_cfg=trainer, num_workers=4 if device == "cuda" else 0)
     seconds = time.perf_counter() - start
     assert result.records is not None and result.records.correct.all()
-    return map_flops([flops(a) for a in MODELS], images, steps, 1.0) / seconds
+    return map_flops([flops(a) for a in archs], images, steps, 1.0) / seconds
 
 
 if __name__ == "__main__":

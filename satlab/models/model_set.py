@@ -21,6 +21,8 @@ opens a set from a model-set config.
     >>> keys = models.keys()                  # content keys (weights + preprocessing)
     >>> with models.use(0) as model:          # model 0 built; released at the end of the block
     ...     logits = model(images)
+    >>> with models.use_block([1, 2]) as (a, b):  # several at once (the engine's block of targets)
+    ...     agree = a(images).argmax(1) == b(images).argmax(1)
 """
 
 from __future__ import annotations
@@ -207,15 +209,23 @@ class ModelSet:
     @contextmanager
     def use(self, i: int) -> Iterator[PixelModel]:
         """Model i for the block; let go afterwards (its memory is freed unless the caller kept a reference)."""
-        model = self.load(i)
-        alive = weakref.ref(model)
+        with self.use_block([i]) as models:
+            yield models[0]
+
+    @contextmanager
+    def use_block(self, indices: Sequence[int]) -> Iterator[list[PixelModel]]:
+        """The models `indices` for the block, built in order; let go together afterwards, the heap given back
+        to the OS once (a model the set did not build, `from_models`, stays with its owner: nothing to free)."""
+        models = [self.load(i) for i in indices]
+        built = [weakref.ref(m) for i, m in zip(indices, models) if not isinstance(self.sources[i], ReadySource)]
         try:
-            yield model
+            yield models
         finally:
-            del model
-            if alive() is not None and not isinstance(self.sources[i], ReadySource):
-                gc.collect()  # a reference cycle inside the model (a full collection costs ~0.1 s: only then)
-            release_freed_memory()
+            models.clear()  # the list is the caller's too: emptied, it keeps no model alive
+            if any(alive() is not None for alive in built):
+                gc.collect()  # a reference cycle inside a model (a full collection costs ~0.1 s: only then)
+            if built:
+                release_freed_memory()
 
     def with_model(self, name: str, model: PixelModel) -> "ModelSet":
         """This set and one more model, already built (e.g. a student trained by the task)."""

@@ -23,7 +23,6 @@ import logging
 import os
 import tempfile
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -207,8 +206,7 @@ class Job:
         sources = [s for s, targets in columns.items() if set(targets) & set(block)]
         need = np.array([[t in columns[s] for t in block] for s in sources])
         source_correct = np.stack([self.own_correct(s) for s in sources])
-        with ExitStack() as stack:
-            nets = [stack.enter_context(self.models.use(self.index[t])) for t in block]
+        with self.models.use_block([self.index[t] for t in block]) as nets:
             correct = self.target_correct(block, nets)
             wanted = source_correct & (need.astype(np.uint8) @ correct.astype(np.uint8) > 0)  # [sources, S]
             items = np.argwhere(wanted)  # (source, position), by source then position
