@@ -1,5 +1,5 @@
 """The benchmark scripts' own code: the GPU benchmark's code path runs (on CPU, tiny timm models) so that a
-session lent a GPU finds it working, and the statistics section (c) of the scale benchmark prints."""
+session lent a GPU finds it working, and the interval that the scale benchmark's section (c) prints."""
 
 from __future__ import annotations
 

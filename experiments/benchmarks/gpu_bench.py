@@ -144,7 +144,7 @@ def main() -> None:
           "| evaluation: images / s | TFLOP/s (of matmul rate) | peak memory |")
     print("|---|---|---|---|---|---|---|---|")
     for arch, fwd, ar, aa, am, er, ea, em in rows:
-        print(f"| {arch} | {fwd / 1e9:.2f} | {ar:,.1f} | {aa / 1e12:.3g} ({aa / peak:.0%}) | {am} | "
+        print(f"| {arch} | {fwd / 1e9:.3g} | {ar:,.1f} | {aa / 1e12:.3g} ({aa / peak:.0%}) | {am} | "
               f"{er:,.1f} | {ea / 1e12:.3g} ({ea / peak:.0%}) | {em} |")
     engine_rate = engine_map(device, archs, args.images, args.steps)
     from experiments.benchmarks.scale_bench import map_flops, paper69_names, flops
