@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "experiments" / "benchmarks"))
 
 
 def test_median_interval_takes_the_order_statistics_of_the_sign_test():
-    from scale_bench import median_interval
+    from engine_vs_loop import median_interval
 
     assert median_interval([5, 1, 9, 3, 7, 2, 8, 4, 6]) == (5, 2, 8)  # n=9: 2nd and 8th (96 %)
     assert median_interval(list(range(20))) == (9.5, 5, 14)  # n=20: 6th and 15th (95.9 %)
