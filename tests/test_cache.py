@@ -21,8 +21,9 @@ from satlab.models.factory import build_model
 from satlab.models.specs import ModelSpec
 from satlab.train.zoo import ZooSource
 from satlab.models import ModelSet
+from satlab.sat.cache import adv_path, read_row, save_row
 from satlab.sat.engine import compute_records
-from satlab.utils import SatlabError, check_writable_dir
+from satlab.utils import SatlabError, check_writable_dir, checksum_path
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
@@ -116,12 +117,10 @@ def test_column_with_other_stored_correctness_is_computed_again(tmp_path, caplog
     data = images()
     first = records(models, names, data, tmp_path)
     row = next((tmp_path / "records").glob("vit-*.npz"))
-    with np.load(row) as cached:
-        arrays = dict(cached)
-    column = list(arrays["target_keys"]).index(models[0].fingerprint())
-    arrays["correct"][column, 0] = ~arrays["correct"][column, 0]  # as if resnet had classified an image differently
-    with open(row, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+    stored = read_row(row)
+    column = stored.target_keys.index(models[0].fingerprint())
+    stored.correct[column, 0] = ~stored.correct[column, 0]  # as if resnet had classified an image differently
+    save_row(row, stored)  # written by satlab (with its checksum): a row of another run, not a damaged file
     with caplog.at_level(logging.INFO, logger="satlab"):
         again = records(models, names, data, tmp_path)
     assert again.reused == ["resnet"] and again.completed == ["vit"] and again.computed == []
@@ -144,6 +143,52 @@ def test_truncated_row_is_named_moved_aside_and_recomputed(tmp_path, caplog):
     assert len(list(row.parent.glob(f"{row.name}.corrupt-*"))) == 1
     assert (again.records.fooled == first.records.fooled).all()
     assert records(models, names, data, tmp_path).reused == names  # the recomputed row is cached again
+
+
+def damage_in_place(path: Path, count: int = 3000, seed: int = 0, start: int = 128) -> None:
+    """Change `count` bytes of `path` in place past its first `start` (same size; by default the header is left
+    alone), as a failing disk or a stray write would."""
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(seed)
+    where = rng.choice(np.arange(start, len(data)), size=min(count, len(data) - start), replace=False)
+    for i in where:
+        data[i] ^= 0x5A
+    with open(path, "r+b") as fh:  # in place: same inode, same size
+        fh.write(bytes(data))
+
+
+def test_adversarial_images_damaged_in_place_are_named_moved_aside_and_recomputed(tmp_path, caplog):
+    models, names = tiny_models()
+    data = images()
+    first = records(models, names, data, tmp_path)
+    # resnet's row lacks a new target: its stored images would be evaluated on it
+    grown = tiny_models([*SPECS, ModelSpec("vit2", "test_vit", model_args={"dynamic_img_size": True},
+                                           input_size=16)])
+    clean = records(*grown, data)
+    row = next((tmp_path / "records").glob("resnet-*.npz"))
+    damage_in_place(adv_path(row))
+    with caplog.at_level(logging.WARNING, logger="satlab"):
+        again = records(*grown, data, tmp_path)
+    assert "resnet" in again.computed  # attacked again, its damaged images never used
+    assert any(str(adv_path(row)) in r.getMessage() and "checksum" in r.getMessage() for r in caplog.records)
+    assert len(list(row.parent.glob(f"{adv_path(row).name}.corrupt-*"))) == 1
+    assert (again.records.fooled == clean.records.fooled).all() and (again.records.correct == clean.records.correct).all()
+    assert (again.records.fooled[:2, :2] == first.records.fooled).all()
+
+
+def test_row_damaged_in_place_is_recomputed_and_a_row_without_checksum_is_not_used(tmp_path, caplog):
+    models, names = tiny_models()
+    data = images()
+    first = records(models, names, data, tmp_path)
+    row = next((tmp_path / "records").glob("vit-*.npz"))
+    damage_in_place(row, count=20)
+    with caplog.at_level(logging.WARNING, logger="satlab"):
+        again = records(models, names, data, tmp_path)
+    assert again.reused == ["resnet"] and "vit" not in again.reused
+    assert any(str(row) in r.getMessage() for r in caplog.records)
+    assert (again.records.fooled == first.records.fooled).all()
+    checksum_path(row).unlink()  # as an older satlab left it: no checksum, so it cannot be trusted
+    assert records(models, names, data, tmp_path).reused == ["resnet"]
 
 
 def test_cache_files_are_readable_by_others_under_the_umask(tmp_path):
@@ -213,6 +258,36 @@ def test_truncated_zoo_file_is_named_moved_aside_and_retrained(tmp_path, caplog,
     assert any(str(damaged) in r.getMessage() for r in caplog.records), caplog.text
     assert len(list(damaged.parent.glob(f"{damaged.name}.corrupt-*"))) == 1
     assert json.loads(damaged.with_suffix(".json").read_text())["key"] == key
+
+
+def test_zoo_weights_damaged_in_place_are_named_moved_aside_and_retrained(tmp_path, caplog):
+    weights, key, _ = zoo(tmp_path)
+    damaged = next((tmp_path / "zoo").glob("net-*.safetensors"))
+    damage_in_place(damaged, count=200)
+    source = ZooSource(ZOO_SPEC, splits(images(16, seed=1)), RECIPE, tmp_path, QUIET)
+    assert source.stored_key() is None  # a damaged file's stored key is not trusted: the model set builds it
+    models = ModelSet([source])
+    with caplog.at_level(logging.WARNING, logger="satlab"):
+        assert models.key(0) == weights  # retrained, with the same seeds the same weights
+    assert any(str(damaged) in r.getMessage() and "checksum" in r.getMessage() for r in caplog.records)
+    assert models.info(0)["cached"] is False and len(list(damaged.parent.glob(f"{damaged.name}.corrupt-*"))) == 1
+    assert zoo(tmp_path)[2]["cached"] is True  # and cached again, with its checksums
+
+
+def test_zoo_weights_of_an_older_satlab_are_checked_by_their_fingerprint(tmp_path, caplog):
+    weights, key, _ = zoo(tmp_path)
+    stored = next((tmp_path / "zoo").glob("net-*.safetensors"))
+    for f in (stored, stored.with_suffix(".json")):
+        checksum_path(f).unlink()  # as written before checksums
+    assert zoo(tmp_path)[2]["cached"] is True  # intact: kept (its fingerprint matches) and given checksums
+    assert checksum_path(stored).is_file() and checksum_path(stored.with_suffix(".json")).is_file()
+    for f in (stored, stored.with_suffix(".json")):
+        checksum_path(f).unlink()
+    damage_in_place(stored, count=200, start=stored.stat().st_size // 2)  # in the tensors: it still loads
+    with caplog.at_level(logging.WARNING, logger="satlab"):
+        again, again_key, info = zoo(tmp_path)
+    assert info["cached"] is False and (again, again_key) == (weights, key)
+    assert any(str(stored) in r.getMessage() and "fingerprint" in r.getMessage() for r in caplog.records)
 
 
 # --- the cache dir is checked before any work -----------------------------------------------------------------

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from satlab.data import data_fingerprint, labels_and_ids
 from satlab.sat.phases import Batches, EngineProgress
 from satlab.lightning import build_trainer
-from satlab.utils import SatlabError, atomic_path, move_aside, plain, stable_hash
+from satlab.utils import SatlabError, atomic_path, move_aside, plain, stable_hash, verified
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _gather(outputs: list[dict[str, torch.Tensor]], n: int) -> torch.Tensor:
 
 
 def _load(path: Path | None, ids: np.ndarray) -> torch.Tensor | None:
-    if path is None or not path.is_file():
+    if path is None or not verified(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as cached:
@@ -136,6 +136,6 @@ def _load(path: Path | None, ids: np.ndarray) -> torch.Tensor | None:
 
 
 def save_log_probs(path: Path, log_probs: torch.Tensor, ids: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, checksum=True) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, log_probs=log_probs.numpy(), sample_ids=ids)

@@ -8,6 +8,10 @@ holds the source's adversarial images by dataset position: uint8 [S,C,H,W] when 
 levels (lossless), else float32; images outside the source's correct set are zero (`sat.store_adversarial=false`
 keeps them only for the run). A row only grows: a run with other targets adds its columns
 (`Row.grown`) and keeps the others, so runs on subsets and supersets of a model set share their work.
+
+Every file is written atomically with its SHA-256 beside it (`<name>.sha256`) and checked against it before it
+is used (once per process and file version: `satlab.utils.verified`); a file that does not match, or has no
+checksum, is moved aside with a warning naming it and recomputed, never used.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 
 from satlab.sat.schedule import RowState
-from satlab.utils import SatlabError, atomic_path, file_lock, move_aside, stable_hash
+from satlab.utils import SatlabError, atomic_path, check_free_space, file_lock, move_aside, reserve, stable_hash, verified
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +95,9 @@ class Row:
 
 
 def read_row(path: Path) -> Row | None:
-    """The stored row at `path`; None when absent. A damaged file is moved aside (warning)."""
-    if not path.is_file():
+    """The stored row at `path`; None when absent. A damaged file (its checksum, or its content) is moved aside
+    (warning)."""
+    if not verified(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as cached:
@@ -104,16 +109,17 @@ def read_row(path: Path) -> Row | None:
 
 
 def save_row(path: Path, row: Row) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, checksum=True) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, fooled=row.fooled, target_keys=np.asarray(row.target_keys), correct=row.correct,
                                 sample_ids=row.ids, labels=row.labels)
 
 
 def read_adversarial(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
-    """The stored adversarial images of a row ([S,C,H,W] `dtype`, memory-mapped); None when absent or damaged."""
+    """The stored adversarial images of a row ([S,C,H,W] `dtype`, memory-mapped); None when absent or damaged
+    (checked against the checksum written with them, once per process and file: a damaged file is moved aside)."""
     adv = adv_path(path)
-    if not adv.is_file():
+    if not verified(adv):
         return None
     try:
         images = np.load(adv, mmap_mode="r", allow_pickle=False)
@@ -195,6 +201,13 @@ class RowStore:
         row = self.read(name)
         return RowState.of(row.target_keys, self.images(name) is not None) if row is not None else RowState()
 
+    def check_room(self, sources: list[str]) -> None:
+        """Before any attack: SatlabError when the disk that will keep the images of `sources` (the cache, or a
+        temporary folder) has no room for them and their rows."""
+        folder = self.scratch_root if self.scratch_root is not None else Path(tempfile.gettempdir())
+        per_source = int(np.prod(self.shape)) * self.dtype.itemsize + 2**20  # the images + a row's margin
+        check_free_space(folder, len(sources) * per_source, f"the adversarial images of {len(sources)} source(s)")
+
     def disk_bytes(self, names: list[str]) -> int:
         """Bytes of the stored images and rows of `names` in the cache."""
         files = [f for n in names if n in self.paths for f in (self.paths[n], adv_path(self.paths[n]))]
@@ -214,8 +227,9 @@ class RowStore:
         """A writable [S,C,H,W] array for the source's adversarial images, memory-mapped, so processes forked by
         the caller write into it too; stored (atomically) or kept for the run when the block ends without error."""
         if self.keep:
-            with atomic_path(adv_path(self.paths[name])) as tmp:
+            with atomic_path(adv_path(self.paths[name]), checksum=True) as tmp:
                 images = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=self.shape)
+                reserve(tmp)  # a full disk fails here, not as SIGBUS while the attack writes
                 yield images
                 images.flush()
                 del images
@@ -226,6 +240,11 @@ class RowStore:
             self._tmp = tempfile.TemporaryDirectory(dir=root, prefix=".images-")
         path = Path(self._tmp.name) / f"{len(self.scratch)}.npy"
         images = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=self.shape)
+        try:
+            reserve(path)
+        except OSError as err:
+            raise SatlabError(f"the adversarial images of {name}: no room in {path.parent} "
+                              f"({err.strerror}); free space or set paths.cache_dir") from None
         yield images
         images.flush()
         self.scratch[name] = np.load(path, mmap_mode="r")

@@ -324,6 +324,7 @@ def compute_records(
             plan = plan_tile(work, job.keys, {n: store.state(n) for n in work.sources}, sizes, budget)
             if round_ == 0:
                 say(plan, store.keep)
+                store.check_room(plan.attack)
             if plan.attack:
                 result.computed += job.attack_sources(plan.attack)
                 continue

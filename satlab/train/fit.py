@@ -25,7 +25,8 @@ from satlab.train.datamodule import ClassificationDataModule
 from satlab.train.module import ClassifierModule, accuracy
 from satlab.train.recipe import Recipe
 from satlab.lightning import build_trainer
-from satlab.utils import file_lock, plain, read_cached_weights, stable_hash, write_cached_weights
+from satlab.utils import (checksum_problem, file_lock, plain, read_cached_weights, stable_hash,
+                          write_cached_weights)
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,8 @@ class Training:
         None when nothing is cached."""
         *_, weights = self._start()
         meta = weights.with_suffix(".json")
-        if not (weights.is_file() and meta.is_file()):
-            return None
+        if not (weights.is_file() and meta.is_file()) or checksum_problem(weights) or checksum_problem(meta):
+            return None  # `run` moves damaged files aside (or takes an older satlab's after checking them)
         try:
             info = json.loads(meta.read_text())
         except (OSError, ValueError):
@@ -155,12 +156,13 @@ class Training:
         net, dm, key, weights = self._start()
         # one run trains a given key at a time; another waits, then loads; a damaged file is moved aside and retrained
         with file_lock(weights, f"the weights of {self.name}"):
-            info = read_cached_weights(net.model, weights)
+            info = read_cached_weights(net.model, weights, net.fingerprint)
             if info is not None:
                 eval_key = data_fingerprint(self.data.eval)
                 if info.get("eval_data") != eval_key:  # the key covers the training data, not the evaluation images
                     info |= {"test_accuracy": round(accuracy(net, self.data.eval), 6), "eval_data": eval_key}
                 return net.eval(), info | {"cached": True, "weights": str(weights)}
+            net, dm, key, weights = self._start()  # afresh: a failed load may have changed the network
             net, info = self._train(net, dm, key)
             write_cached_weights(net.model, weights, info)
             return net, info | {"cached": False, "weights": str(weights)}
