@@ -101,23 +101,33 @@ def atomic_path(path: str | os.PathLike, checksum: bool = False) -> Iterator[Pat
             tmp_path.unlink()
 
 
-def no_space_message(folder: str | os.PathLike, needed: int | None = None) -> str:
-    """The one line for a folder whose disk is full (or will be): what is free, what is needed, what to do."""
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def no_space_message(folder: str | os.PathLike, needed: int | None = None, setting: str | None = None) -> str:
+    """The one line for a folder whose disk is full (or would be): what is free, what is needed, what to do."""
     try:
-        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"
+        free = f"{human_bytes(shutil.disk_usage(folder).free)} free"
     except OSError:
         free = "free space unknown"
-    need = f", about {needed / 2**20:.1f} MiB needed" if needed is not None else ""
-    return (f"no space left on the device of '{folder}' ({free}{need}); free some space there or point "
-            f"paths.cache_dir / paths.output_dir to a disk with room")
+    need = f", about {human_bytes(needed)} needed" if needed is not None else ""
+    where = setting or "paths.cache_dir (or paths.output_dir)"
+    return f"no space left on the device of '{folder}' ({free}{need}); free some space there or set {where} to a " \
+           "folder on a disk with room"
 
 
-def check_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
+def check_free_space(folder: str | os.PathLike, needed: int, what: str, setting: str = "paths.cache_dir") -> None:
     """SatlabError before any work when the disk of `folder` has fewer than `needed` bytes free for `what`."""
     folder = Path(folder)
     probe = next((p for p in (folder, *folder.parents) if p.exists()), folder)
     if needed > 0 and shutil.disk_usage(probe).free < needed:
-        raise SatlabError(f"{what}: {no_space_message(probe, needed)}")
+        raise SatlabError(f"{what}: {no_space_message(probe, needed, setting)}")
 
 
 def reserve(path: str | os.PathLike) -> None:

@@ -327,3 +327,22 @@ def test_sat_task_refuses_a_bad_cache_dir_before_any_work(tmp_path, monkeypatch)
     with pytest.raises(SatlabError, match=r"^paths\.cache_dir .* is a file, not a folder; set paths\.cache_dir"):
         run(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_damaged_images_between_runs_end_in_a_line_and_the_clean_map(tmp_path, satlab_in_process):
+    """The sequence of issue 21: a map of three models, bytes of one source's stored images changed in place, then
+    the map of all four: one line names the damaged file and the matrix equals a clean run's."""
+    common = ["experiment=smoke", "model_set=timm_tiny", "dataset.samples_per_class=2", "trainer.accelerator=cpu",
+              "trainer.enable_progress_bar=false", "sat.print_table=false"]
+    cache = tmp_path / "cache"
+    first = satlab_in_process([*common, "model_set.models=[test_resnet,test_vit,test_convnext]",
+                               f"paths.cache_dir={cache}", "hydra.run.dir=first"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (stored,) = (cache / "records").glob("test_resnet-*.adv.npy")
+    damage_in_place(stored)
+    again = satlab_in_process([*common, f"paths.cache_dir={cache}", "hydra.run.dir=again"], tmp_path)
+    clean = satlab_in_process([*common, f"paths.cache_dir={tmp_path / 'fresh'}", "hydra.run.dir=clean"], tmp_path)
+    assert again.returncode == 0 and clean.returncode == 0, again.stderr[-2000:] + clean.stderr[-2000:]
+    said = [line for line in (again.stdout + again.stderr).splitlines() if "damaged cache file" in line]
+    assert len(said) == 1 and str(stored) in said[0] and "checksum" in said[0]
+    assert (tmp_path / "again" / "sat_matrix.csv").read_bytes() == (tmp_path / "clean" / "sat_matrix.csv").read_bytes()

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from satlab.sat.schedule import RowState
-from satlab.utils import SatlabError, atomic_path, check_free_space, file_lock, move_aside, reserve, stable_hash, verified
+from satlab.utils import (SatlabError, atomic_path, check_free_space, file_lock, move_aside, no_space_message, reserve,
+                          stable_hash, verified)
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,8 @@ class RowStore:
         """Before any attack: SatlabError when the disk that will keep the images of `sources` (the cache, or a
         temporary folder) has no room for them and their rows."""
         folder = self.scratch_root if self.scratch_root is not None else Path(tempfile.gettempdir())
-        per_source = int(np.prod(self.shape)) * self.dtype.itemsize + 2**20  # the images + a row's margin
+        samples = self.shape[0] if self.shape else 0
+        per_source = int(np.prod(self.shape)) * self.dtype.itemsize + 2 * len(self.paths) * samples + 8192  # + a row
         check_free_space(folder, len(sources) * per_source, f"the adversarial images of {len(sources)} source(s)")
 
     def disk_bytes(self, names: list[str]) -> int:
@@ -239,12 +241,13 @@ class RowStore:
             root.mkdir(parents=True, exist_ok=True)
             self._tmp = tempfile.TemporaryDirectory(dir=root, prefix=".images-")
         path = Path(self._tmp.name) / f"{len(self.scratch)}.npy"
-        images = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=self.shape)
         try:
+            images = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=self.shape)
             reserve(path)
-        except OSError as err:
-            raise SatlabError(f"the adversarial images of {name}: no room in {path.parent} "
-                              f"({err.strerror}); free space or set paths.cache_dir") from None
+        except OSError:
+            path.unlink(missing_ok=True)
+            needed = int(np.prod(self.shape)) * self.dtype.itemsize
+            raise SatlabError(f"the adversarial images of {name}: {no_space_message(path.parent, needed)}") from None
         yield images
         images.flush()
         self.scratch[name] = np.load(path, mmap_mode="r")

@@ -20,12 +20,13 @@ from typing import Any, Callable, Mapping
 import pytorch_lightning as pl
 
 from satlab.data import DatasetSplits, data_fingerprint
+from satlab.models.factory import module_bytes
 from satlab.models.wrapper import PixelModel
 from satlab.train.datamodule import ClassificationDataModule
 from satlab.train.module import ClassifierModule, accuracy
 from satlab.train.recipe import Recipe
 from satlab.lightning import build_trainer
-from satlab.utils import (checksum_problem, file_lock, plain, read_cached_weights, stable_hash,
+from satlab.utils import (check_free_space, checksum_problem, file_lock, plain, read_cached_weights, stable_hash,
                           write_cached_weights)
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ class Training:
                     info |= {"test_accuracy": round(accuracy(net, self.data.eval), 6), "eval_data": eval_key}
                 return net.eval(), info | {"cached": True, "weights": str(weights)}
             net, dm, key, weights = self._start()  # afresh: a failed load may have changed the network
+            check_free_space(weights.parent, module_bytes(net.model) + 2**16, f"the weights of {self.name}")
             net, info = self._train(net, dm, key)
             write_cached_weights(net.model, weights, info)
             return net, info | {"cached": False, "weights": str(weights)}
