@@ -73,6 +73,19 @@ def test_one_forward_pass_per_model_then_none_and_content_keyed_cache(tmp_path, 
     assert calls == 1 and changed.computed == ["c"] and changed.reused == ["a", "b"]
 
 
+def test_damaged_cached_predictions_are_named_and_computed_again(tmp_path, one_thread, caplog):
+    models = [Counting(s) for s in range(3)]
+    first, _ = passes(models, tiny_data(), tmp_path)
+    (stored,) = (tmp_path / "probs").glob("b-*.npz")
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte changed in place
+    stored.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="satlab"):
+        again, calls = passes(models, tiny_data(), tmp_path)
+    assert calls == 1 and again.computed == ["b"] and torch.equal(again.log_probs, first.log_probs)
+    assert any(str(stored) in r.getMessage() and "checksum" in r.getMessage() for r in caplog.records)
+
+
 def compose_cfg(overrides, tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=[*FAST, f"paths.output_dir={tmp_path / 'out'}",
