@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCHATTACKS := torchattacks==3.5.1
 
-.PHONY: demo test install install-dev bench bench-engine bench-gpu bench-ensemble clean
+.PHONY: demo test install install-dev bench bench-engine bench-gpu bench-ensemble bench-precision clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-gpu: install
 
 bench-ensemble: install
 	$(PY) experiments/benchmarks/ensemble_bench.py $(ARGS)
+
+# maps at a stated precision: the stopping rule simulated on the paper's released matrix (../shared/reference)
+bench-precision: install
+	$(PY) experiments/benchmarks/precision_sim.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache
