@@ -105,6 +105,13 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
      "model_set.filter=tset_* matches no timm model; did you mean test_*?"),
     (["model_set=timm", "model_set.filter=test_mambaout"], "but none has pretrained weights; set model_set.pretrained"),
     (["model_set=timm"], "has 0 model(s); SAT compares pairs, so list at least 2 under model_set.models=[a,b,...] or"),
+    (["model_set.trained_from={manifest_not_json}"], "trained_models.json' is not a readable manifest (Expecting "
+                                                     "value: line 1 column 1 (char 0)); point model_set.trained_from"),
+    (["model_set.trained_from={manifest_cut}"], "trained_models.json' is not a readable manifest (Expecting property name"),
+    (["model_set.trained_from={manifest_empty}"],
+     "is not a task=train manifest (no dataset, num_classes, resolution, models); point model_set.trained_from at "
+     "the run dir of a finished task=train run, or rerun task=train"),
+    (["model_set.trained_from={manifest_list}"], "is not a task=train manifest (a JSON list, not an object)"),
     # data
     (["dataset=imagefolder"], "dataset.root is required"),
     (["dataset=imagefolder", "dataset.root=/no/such/folder"], "dataset.root '/no/such/folder' is not an existing"),
@@ -171,6 +178,12 @@ def _input(name: str, tmp: Path) -> Path:
         make_imagefolder(path)
     elif name == "empty":
         path.mkdir(parents=True)
+    elif name.startswith("manifest_"):  # a task=train run folder whose trained_models.json is damaged
+        path.mkdir(parents=True)
+        whole = '{"dataset": "digits", "num_classes": 10, "resolution": 32, "mode": "full", "models": {}}'
+        text = {"manifest_not_json": "not json", "manifest_cut": whole[:40], "manifest_empty": "{}",
+                "manifest_list": "[]"}[name]
+        (path / "trained_models.json").write_text(text)
     elif name == "ckpt7":
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(timm.create_model("test_resnet", num_classes=7).state_dict(), path)
@@ -204,7 +217,8 @@ def assert_one_line_error(code: int, err: str, fragment: str) -> str:
 
 @pytest.mark.parametrize("args, fragment", BAD_INPUTS, ids=[" ".join(a)[:60] for a, _ in BAD_INPUTS])
 def test_bad_input_one_line_exit_2_nothing_written(args, fragment, tmp_path, monkeypatch, capsys):
-    names = ("one_class", "one_class_eval", "tree", "ckpt7", "empty")
+    names = ("one_class", "one_class_eval", "tree", "ckpt7", "empty", "manifest_not_json", "manifest_cut",
+             "manifest_empty", "manifest_list")
     args = [a.format(**{k: _input(k, tmp_path) for k in names if "{" + k + "}" in a})
             if any("{" + k + "}" in a for k in names) else a for a in args]
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
