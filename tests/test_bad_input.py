@@ -105,6 +105,11 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
      "model_set.filter=tset_* matches no timm model; did you mean test_*?"),
     (["model_set=timm", "model_set.filter=test_mambaout"], "but none has pretrained weights; set model_set.pretrained"),
     (["model_set=timm"], "has 0 model(s); SAT compares pairs, so list at least 2 under model_set.models=[a,b,...] or"),
+    # where results and caches go (a folder that cannot be made, a file, an empty value)
+    (["paths.output_dir=/proc/satlab-out"], "paths.output_dir '/proc/satlab-out' is not a writable folder (No such "
+                                            "file or directory); set paths.output_dir to a writable folder"),
+    (["paths.output_dir={afile}"], "afile' is a file, not a folder; set paths.output_dir to a writable folder"),
+    (["paths.output_dir=''"], "paths.output_dir='' must be a folder path, not empty (is a shell variable unset?"),
     (["model_set.trained_from={manifest_not_json}"], "trained_models.json' is not a readable manifest (Expecting "
                                                      "value: line 1 column 1 (char 0)); point model_set.trained_from"),
     (["model_set.trained_from={manifest_cut}"], "trained_models.json' is not a readable manifest (Expecting property name"),
@@ -176,6 +181,9 @@ def _input(name: str, tmp: Path) -> Path:
         (path / "dog").mkdir()
     elif name == "tree":
         make_imagefolder(path)
+    elif name == "afile":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
     elif name == "empty":
         path.mkdir(parents=True)
     elif name.startswith("manifest_"):  # a task=train run folder whose trained_models.json is damaged
@@ -217,7 +225,7 @@ def assert_one_line_error(code: int, err: str, fragment: str) -> str:
 
 @pytest.mark.parametrize("args, fragment", BAD_INPUTS, ids=[" ".join(a)[:60] for a, _ in BAD_INPUTS])
 def test_bad_input_one_line_exit_2_nothing_written(args, fragment, tmp_path, monkeypatch, capsys):
-    names = ("one_class", "one_class_eval", "tree", "ckpt7", "empty", "manifest_not_json", "manifest_cut",
+    names = ("one_class", "one_class_eval", "tree", "ckpt7", "empty", "afile", "manifest_not_json", "manifest_cut",
              "manifest_empty", "manifest_list")
     args = [a.format(**{k: _input(k, tmp_path) for k in names if "{" + k + "}" in a})
             if any("{" + k + "}" in a for k in names) else a for a in args]
@@ -262,6 +270,19 @@ def test_unwritable_run_folder(mode, tmp_path, monkeypatch, capsys):
         assert_one_line_error(code, err, f"cannot create the run folder '{folder}' ({reason}")
         assert err.strip().endswith(f"; set {key}=<a writable folder>"), err
     assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+@pytest.mark.parametrize("how", ["override", "environment"])
+def test_empty_cache_dir(how, tmp_path, monkeypatch, capsys):
+    """paths.cache_dir='' (typed, or SATLAB_CACHE_DIR set to nothing) is refused: it would put records/ and zoo/
+    into the current folder without a word."""
+    monkeypatch.chdir(tmp_path)
+    args = ["paths.cache_dir=''"] if how == "override" else []
+    monkeypatch.setenv("SATLAB_CACHE_DIR", "")
+    code, _, err = run_cli([*BASE, *args, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
+    assert_one_line_error(code, err, "paths.cache_dir='' must be a folder path, not empty (is a shell variable "
+                                     "unset? the default is $SATLAB_CACHE_DIR, else ~/.cache/satlab)")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_offline_missing_pretrained_weights_one_line(tmp_path, monkeypatch, capsys, tiny_imagenet):

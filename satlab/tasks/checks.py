@@ -169,6 +169,8 @@ SCHEMA: dict[str, Key] = {
     "dataset.download": Key("bool", note="true lets torchvision download missing files into dataset.root"),
     "dataset.test_per_class": COUNT,
     "logger.mode": Key("choice", choices=("offline", "online", "disabled")),
+    "paths.cache_dir": Key("path", note="is a shell variable unset? the default is $SATLAB_CACHE_DIR, else "
+                                                  "~/.cache/satlab"),
 }
 
 # where recipes sit; model_set.catalog.<name>.train holds a model's overrides of model_set.train

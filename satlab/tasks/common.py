@@ -14,17 +14,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from satlab.utils import SatlabError, stable_hash, write_json
+from satlab.schema import Key, fail
+from satlab.utils import SatlabError, check_writable_dir, stable_hash, write_json
 
 _PACKAGES = ("satlab", "torch", "torchvision", "timm", "pytorch-lightning", "hydra-core", "omegaconf",
              "numpy", "scikit-learn", "wandb")
 
 
 def output_dir(cfg: DictConfig) -> Path:
-    """The run's output folder (Hydra's run dir unless `paths.output_dir` is overridden); created if missing."""
-    path = Path(str(cfg.paths.output_dir))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The run's output folder (Hydra's run dir unless `paths.output_dir` is overridden); created if missing, else
+    one SatlabError (a file, a place that cannot be written, an empty value)."""
+    raw = str(cfg.paths.output_dir)
+    fail("paths.output_dir", raw, Key("path", note="is a shell variable unset? left out, it is the run folder"))
+    return check_writable_dir(raw, "paths.output_dir")
 
 
 def build(cfg: DictConfig, group: str) -> Any:
