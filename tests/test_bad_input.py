@@ -272,6 +272,18 @@ def test_unwritable_run_folder(mode, tmp_path, monkeypatch, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["afile"]
 
 
+def test_config_dir_file_not_yaml(tmp_path, monkeypatch, capsys):
+    """A group file of one's own (--config-dir) that is not valid YAML: the file, line and column in one line."""
+    (tmp_path / "conf" / "model_set").mkdir(parents=True)
+    broken = tmp_path / "conf" / "model_set" / "broken.yaml"
+    broken.write_text("models: [a, b\nfoo: : x\n")
+    code, _, err = run_cli(["--config-dir", str(tmp_path / "conf"), "model_set=broken",
+                            f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
+    assert_one_line_error(code, err, f"config file '{broken}' line 2, column 4 is not valid YAML (while parsing a "
+                                     "flow sequence: expected ',' or ']', but got ':'); fix that file")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("how", ["override", "environment"])
 def test_empty_cache_dir(how, tmp_path, monkeypatch, capsys):
     """paths.cache_dir='' (typed, or SATLAB_CACHE_DIR set to nothing) is refused: it would put records/ and zoo/
