@@ -47,6 +47,8 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["task=analyze", "analyze.map=umap"], "analyze.map=umap is unknown; choose one of mds, tsne"),
     (["task=compare", "compare.n_permutations=0"], "compare.n_permutations=0 must be an integer >= 1"),
     (["task=ensemble", "ensemble.ci_level=1"], "ensemble.ci_level=1 must be a number in (0, 1)"),
+    (["task=ensemble", "ensemble.team_sizes=[2,2]"], "ensemble.team_sizes lists 2 more than once; give each once"),
+    (["task=ensemble", "ensemble.strategies=[random,random]"], "ensemble.strategies lists random more than once"),
     (["task=ensemble", "ensemble.combine=nosuch"], "ensemble.combine=nosuch is unknown; choose one of mean_softmax"),
     (["task=train", "train.mode=nosuch"], "train.mode=nosuch is unknown; choose one of full, head (head = linear probe)"),
     (["task=distill", "distill.alpha=1.5"], "distill.alpha=1.5 must be a number in [0, 1] (the weight of the teacher"),
