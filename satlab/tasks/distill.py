@@ -175,7 +175,7 @@ def _given_matrix(path, needed: list[str]):
     """`distill.sat_matrix` read and checked to hold every teacher and the reference; None when not given."""
     if not path:
         return None
-    given = read_matrix(path, symmetric_tol=1e-6)
+    given = read_matrix(path, symmetric_tol=1e-6, sat=True)
     missing = [n for n in needed if n not in given[0]]
     if missing:
         raise SatlabError(f"distill.sat_matrix lacks {', '.join(missing)}; give a matrix with every teacher "

@@ -71,7 +71,7 @@ def matrix_source(cfg: DictConfig, names: list[str], out: Path, models: Any = No
 
 def load_sat(path: Path, names: list[str], tol: float) -> np.ndarray:
     """The symmetrised SAT matrix of `names` (in that order) from a matrix that must contain all of them."""
-    sat_names, sat = read_matrix(path, symmetric_tol=tol)
+    sat_names, sat = read_matrix(path, symmetric_tol=tol, sat=True)
     missing = [n for n in names if n not in sat_names]
     if missing:
         raise SatlabError(f"SAT matrix '{path}' lacks {len(missing)} model(s) of the model set: "
