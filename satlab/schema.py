@@ -169,7 +169,8 @@ BOOL = Key("bool")
 SEED = Key("int", 0, SEED_HIGH)
 COUNT = Key("int", 1)  # a positive count
 WORKERS = Key("int", 0, note="DataLoader worker processes; 0: load in the main process")
-FLOOR = Key("number", 0, open_low=True, note="it floors the argument of the log")
+FLOOR = Key("number", 0, 100, open_low=True, open_high=True,  # eps_s of sat, ensemble, distill and analyze
+            note="a transfer rate in %: it floors the argument of the log")
 TOLERANCE = Key("number", 0)
 
 

@@ -37,8 +37,13 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["sat.print_table=1"], "sat.print_table=1 must be true or false"),
     (["sat.batch_size=0"], "sat.batch_size=0 must be an integer >= 1"),
     (["sat.num_workers=-1"], "sat.num_workers=-1 must be an integer >= 0"),
-    (["sat.eps_s=0"], "sat.eps_s=0 must be a number > 0 (it floors the argument of the log)"),
-    (["sat.n_bootstrap=-1"], "sat.n_bootstrap=-1 must be an integer >= 0 (resamples for sat_ci.csv; 0: no CIs)"),
+    (["sat.eps_s=0"], "sat.eps_s=0 must be a number in (0, 100) (a transfer rate in %: it floors the argument of "
+                      "the log)"),
+    (["sat.eps_s=200"], "sat.eps_s=200 must be a number in (0, 100) (a transfer rate in %"),
+    (["sat.n_bootstrap=-1"], "sat.n_bootstrap=-1 must be an integer >= 0 (image resamples for the 95% CIs; 0: no "
+                             "CIs)"),
+    (["sat.n_bootstrap=1"], "sat.n_bootstrap=1 is too few resamples for a 95% CI; use 0 (no CIs) or >= 100"),
+    (["task=ensemble", "ensemble.eps_s=100"], "ensemble.eps_s=100 must be a number in (0, 100)"),
     (["logger.mode=sometimes"], "logger.mode=sometimes is unknown; choose one of offline, online, disabled"),
     (["dataset.eval_noise=2"], "dataset.eval_noise=2 must be a number in [0, 1]"),
     (["model_set.input_size=abc"], "model_set.input_size=abc must be null (timm's data config), dataset or an integer"),
