@@ -194,8 +194,28 @@ def read_idx_split(cls: type, root: Path, split: str, download: bool) -> RawSpli
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise SatlabError(f"{found[0]} ({images.shape}) and {found[1]} ({labels.shape}) do not hold one label "
                           "per image; replace them")
+    check_label_range(labels, len(cls.classes), f"{found[1]}", name)
     return RawSplit(labels=labels.astype(np.int64), images=torch.from_numpy(images.copy()).unsqueeze(1),
                     classes=list(cls.classes))
+
+
+def check_label_range(labels: np.ndarray, n_classes: int, source: str, name: str) -> None:
+    """Refuse labels outside 0 .. n_classes - 1 (a damaged file, or another dataset's), naming `source` and the
+    values, rather than run with classes the dataset does not have.
+
+    Args:
+        labels: [N] integer labels as read.
+        n_classes: the dataset's class count (torchvision's class list).
+        source: the file (or folder) the labels came from.
+        name: the dataset class, e.g. FashionMNIST.
+    """
+    labels = np.asarray(labels)
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        values = np.unique(labels[bad])
+        shown = ", ".join(str(v) for v in values[:5]) + (f" and {len(values) - 5} more" if len(values) > 5 else "")
+        raise SatlabError(f"{source}: {int(bad.sum())} label(s) outside 0..{n_classes - 1} ({name} has {n_classes} "
+                          f"classes): {shown}; the file is damaged or not {name}'s, replace it")
 
 
 def cifar_folder(cls: type, root: Path) -> Path:
@@ -232,6 +252,8 @@ def read_cifar_split(cls: type, root: Path, split: str, download: bool) -> RawSp
     if sum(len(d) for d in data) != len(labels):
         raise SatlabError(f"the {name} {split} batches in {folder} hold {sum(len(d) for d in data)} images but "
                           f"{len(labels)} labels; replace them")
+    check_label_range(np.asarray(labels, dtype=np.int64), CIFAR_CLASSES[name], f"the {split} batches in {folder}",
+                      name)
     classes = [str(k) for k in range(CIFAR_CLASSES[name])]
     meta = folder / cls.meta["filename"]
     if meta.is_file():
