@@ -59,6 +59,8 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["task=distill", "distill.alpha=1.5"], "distill.alpha=1.5 must be a number in [0, 1] (the weight of the teacher"),
     (["task=distill", "distill.temperature=0"], "distill.temperature=0 must be a number > 0 (it divides the logits)"),
     (["task=distill", "distill.mode=x"], "distill.mode=x is unknown; choose one of soft, hard"),
+    (["task=distill", "distill.student=test_resnet", "distill.teachers=[]"], "distill.teachers=[] lists no teacher; list at least one model, or "
+                                              "leave it null for every model of the model set but the student"),
     (["task=distill", "distill.seeds=[0,0]"], "distill.seeds=[0, 0] must be a non-empty list of distinct integers"),
     # the Trainer: typed options, then whatever pytorch_lightning.Trainer refuses on construction
     (["trainer.precision=bogus"], "trainer.precision=bogus is unknown; choose one of"),

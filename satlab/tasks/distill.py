@@ -48,8 +48,11 @@ def _teacher_names(cfg: DictConfig, student: str) -> list[str]:
     params = cfg.distill
     if params.get("teacher"):
         names = [str(params.teacher)]
-    elif params.get("teachers"):
+    elif params.get("teachers") is not None:  # [] is a list of none, not "every model"
         names = [str(n) for n in params.teachers]
+        if not names:
+            raise SatlabError("distill.teachers=[] lists no teacher; list at least one model, or leave it null for "
+                              "every model of the model set but the student")
     else:
         names = [s.name for s in model_specs(cfg.model_set) if s.name != student]
     if student in names:
