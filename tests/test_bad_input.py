@@ -325,3 +325,25 @@ def test_offline_missing_pretrained_weights_one_line(tmp_path, monkeypatch, caps
     assert_one_line_error(code, err, "pretrained weights of 68 model(s) are not in the local cache and HF_HUB_OFFLINE "
                                      "is set: nfnet_l0 (hf-hub:timm/nfnet_l0.ra2_in1k), ")
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_samples_per_class_above_what_the_folder_has_is_said(tmp_path, monkeypatch, capsys):
+    """dataset.samples_per_class=50 on a folder of 4, 3 and 2 images per class runs (every image is used) and says
+    so, on the console and in summary.json; the advice on empty X_AB does not suggest raising samples_per_class."""
+    import json
+
+    root = make_imagefolder(tmp_path / "tree")
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(["model_set=timm_tiny", "dataset=imagefolder", f"dataset.root={root}", "dataset.resize=32",
+                              "dataset.resolution=32", "dataset.samples_per_class=50", "attack=fgsm", "logger=none",
+                              "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "sat.n_bootstrap=0",
+                              f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    note = ("dataset.samples_per_class=50 but 3 of 3 class(es) have fewer evaluation images (cat 4, dog 3, fish 2): "
+            "the run uses 9 images, not 150; raising samples_per_class adds none, more images in the dataset do")
+    assert note in out + err
+    assert json.loads((run_dir / "summary.json").read_text())["dataset_notes"] == [note]
+    assert "more images (dataset.samples_per_class)" not in out + err
+    empty = [ln for ln in (out + err).splitlines() if "(empty X_AB)" in ln]  # untrained models: some pairs have none
+    assert empty and all("more images in the dataset (raising dataset.samples_per_class adds none)" in ln
+                         for ln in empty), empty

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +36,7 @@ class DatasetSplits:
     num_classes: int
     resolution: int
     class_names: list[str]
+    notes: list[str] = field(default_factory=list)  # what the run should know (said on the console, in summary.json)
 
     def __post_init__(self) -> None:
         if self.num_classes < MIN_CLASSES:

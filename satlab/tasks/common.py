@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import platform
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -16,6 +18,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from satlab.schema import Key, fail
 from satlab.utils import SatlabError, check_writable_dir, stable_hash, write_json
+
+log = logging.getLogger(__name__)
 
 _PACKAGES = ("satlab", "torch", "torchvision", "timm", "pytorch-lightning", "hydra-core", "omegaconf",
              "numpy", "scikit-learn", "wandb")
@@ -60,7 +64,34 @@ def eval_data(cfg: DictConfig, attack: Any = None) -> Any:
         raise SatlabError(f"dataset '{data.name}' has no evaluation images")
     if attack is not None:
         attack.check_resolution(data.resolution)
+    if note := short_classes(data, OmegaConf.select(cfg, "dataset.samples_per_class", default=None)):
+        log.warning("%s", note)
+        data.notes.append(note)
     return data
+
+
+def short_classes(data: Any, asked: int | None) -> str | None:
+    """What to say when classes have fewer evaluation images than `dataset.samples_per_class` asks (`asked`), so
+    the run uses fewer images than the option suggests; None when every class has them all.
+
+    Args:
+        data: the dataset (`DatasetSplits`: eval labels, class names).
+        asked: dataset.samples_per_class (None: all images, never short).
+    """
+    from satlab.data import labels_and_ids
+
+    if asked is None:
+        return None
+    counts = np.bincount(labels_and_ids(data.eval)[0], minlength=data.num_classes)
+    short = [(data.class_names[k] if k < len(data.class_names) else str(k), int(n))
+             for k, n in enumerate(counts) if n < asked]
+    if not short:
+        return None
+    listed = ", ".join(f"{name} {n}" for name, n in short[:5]) + (f" and {len(short) - 5} more" if len(short) > 5
+                                                                  else "")
+    return (f"dataset.samples_per_class={asked} but {len(short)} of {len(counts)} class(es) have fewer evaluation "
+            f"images ({listed}): the run uses {int(counts.sum())} images, not {asked * len(counts)}; raising "
+            "samples_per_class adds none, more images in the dataset do")
 
 
 def open_models(cfg: DictConfig, data: Any, names: list[str] | None = None, own_heads: bool = False) -> Any:

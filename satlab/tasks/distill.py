@@ -122,7 +122,7 @@ def run(cfg: DictConfig) -> dict:
     summary = {"student": student, "reference": ref_text, "teachers": teachers, "seeds": seeds,
                "model_keys": {n: models.key(i) for i, n in enumerate(teachers)},
                "alpha": float(params.alpha), "temperature": float(params.temperature), "mode": str(params.mode),
-               "baseline_accuracy": baseline, "student_accuracy": accs, "runs": infos,
+               "baseline_accuracy": baseline, "student_accuracy": accs, "runs": infos, "dataset_notes": data.notes,
                "sat_source": str(params.sat_matrix) if given is not None else "computed (records cache)",
                "gain_ci": "paired t-interval over seeds (95%)", "rho_ci": "percentile bootstrap over teachers (95%)"}
     return write_results(cfg, out, timings, tracker, results_table(teachers, sat, teacher_acc, accs, baseline), summary)

@@ -134,7 +134,7 @@ def run(cfg: DictConfig) -> dict:
             "combine": rule, "sat_source": str(matrix_path)}
     extra = {"models": names, "model_keys": dict(zip(names, models.keys())), "samples": len(preds.labels),
              "combine": rule, "sat_matrix": str(Path(matrix_path).resolve()), "sat_computed_here": "sat" in timings,
-             "records_context": context, "team_sizes": sizes, "strategies": strategies,
+             "records_context": context, "team_sizes": sizes, "strategies": strategies, "dataset_notes": data.notes,
              "accuracy": dict(zip(names, np.round(scorer.accuracy, 4).tolist())),
              "forward_passes": {"computed": preds.computed, "reused": preds.reused, "data_key": preds.data_key}}
     return write_outputs(cfg, out, timings, info, extra, table, pair_table, stats, teams)
