@@ -103,7 +103,17 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["model_set.models=[test_resnet]"], "has 1 model(s); SAT compares pairs"),
     (["model_set.models=[test_resnet,test_resnet]"], "lists test_resnet more than once"),
     (["dataset.resolution=30"], "model 'test_vit' cannot take the dataset's 30 x 30 images"),
-    (["+model_set.catalog.test_resnet.checkpoint_path={ckpt7}"], "does not fit the model built for 10 classes"),
+    (["+model_set.catalog.test_resnet.model_args={drop_rate: 5}"],
+     "model 'test_resnet' fails on a blank image at timm's own input size 160 x 160 too (dropout probability has to "
+     "be between 0 and 1, but got 5.0), so the cause is how it is built, not the dataset's resolution; check its "
+     "model_args (drop_rate=5)"),
+    (["+model_set.catalog.test_resnet.checkpoint_path={ckpt7}"],
+     "has a head for 7 classes but the model is built for 10 (fc.weight (7, 96) vs (10, 96), fc.bias (7,) vs (10,)); "
+     "the checkpoint was trained on another dataset"),
+    (["+model_set.catalog.test_resnet.checkpoint_path={ckpt_vit}"],
+     "does not fit test_resnet: 92 of the model's 92 tensors missing (conv1.0.weight, conv1.1.weight, conv1.1.bias "
+     "and 89 more); 80 unexpected (cls_token, pos_embed, patch_embed.proj.weight and 77 more); it was saved from "
+     "another architecture or other model_args: point checkpoint_path at a checkpoint of test_resnet"),
     (["model_set=paper69", "model_set.models=[resnet50,vit_small_patch16_224]"],
      "predicts 1000 classes but the dataset has 10"),
     (["model_set=timm", "model_set.pretrained=false", "model_set.models=[test_resnet,test_vti,resnt50]"],
@@ -204,6 +214,9 @@ def _input(name: str, tmp: Path) -> Path:
     elif name == "ckpt7":
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(timm.create_model("test_resnet", num_classes=7).state_dict(), path)
+    elif name == "ckpt_vit":  # a checkpoint of another architecture
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(timm.create_model("test_vit", num_classes=10).state_dict(), path)
     else:
         raise KeyError(name)
     return path
@@ -234,7 +247,7 @@ def assert_one_line_error(code: int, err: str, fragment: str) -> str:
 
 @pytest.mark.parametrize("args, fragment", BAD_INPUTS, ids=[" ".join(a)[:60] for a, _ in BAD_INPUTS])
 def test_bad_input_one_line_exit_2_nothing_written(args, fragment, tmp_path, monkeypatch, capsys):
-    names = ("one_class", "one_class_eval", "tree", "ckpt7", "empty", "afile", "manifest_not_json", "manifest_cut",
+    names = ("one_class", "one_class_eval", "tree", "ckpt7", "ckpt_vit", "empty", "afile", "manifest_not_json", "manifest_cut",
              "manifest_empty", "manifest_list")
     args = [a.format(**{k: _input(k, tmp_path) for k in names if "{" + k + "}" in a})
             if any("{" + k + "}" in a for k in names) else a for a in args]
