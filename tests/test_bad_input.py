@@ -360,3 +360,24 @@ def test_samples_per_class_above_what_the_folder_has_is_said(tmp_path, monkeypat
     empty = [ln for ln in (out + err).splitlines() if "(empty X_AB)" in ln]  # untrained models: some pairs have none
     assert empty and all("more images in the dataset (raising dataset.samples_per_class adds none)" in ln
                          for ln in empty), empty
+
+
+def _fails_inside(**_: object) -> None:
+    """A dataset function with a bug: it raises inside (not at the call), as a real defect would."""
+    raise ZeroDivisionError("a bug, not bad input")
+
+
+def test_a_bug_inside_a_dataset_stays_a_traceback(tmp_path):
+    """Only the config's faults become `dataset: ...` (a _target_ that cannot be found, arguments it does not
+    take) and what the dataset raises as SatlabError; any other exception raised inside it propagates as is."""
+    from omegaconf import OmegaConf
+
+    from satlab.tasks.common import build
+    from satlab.utils import SatlabError
+
+    with pytest.raises(ZeroDivisionError, match="a bug, not bad input"):
+        build(OmegaConf.create({"dataset": {"_target_": "test_bad_input._fails_inside", "root": "x"}}), "dataset")
+    with pytest.raises(SatlabError, match=r"^dataset: _fails_inside\(\) takes 0 positional arguments but 1 was"):
+        build(OmegaConf.create({"dataset": {"_target_": "test_bad_input._fails_inside", "_args_": [1]}}), "dataset")
+    with pytest.raises(SatlabError, match=r"^dataset: Error loading 'nosuch\.fn'"):
+        build(OmegaConf.create({"dataset": {"_target_": "nosuch.fn"}}), "dataset")

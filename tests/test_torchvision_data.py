@@ -134,6 +134,20 @@ def test_fitting_is_lazy_and_train_split_optional(tmp_path: Path) -> None:
     assert len(swapped.eval) == 30 and len(swapped.train) == 20
 
 
+def test_gz_damaged_near_its_start_names_the_file(tmp_path: Path) -> None:
+    """A gzipped IDX file damaged just after its header (zlib's "Error -3 while decompressing data", not an
+    OSError): one line naming the file and what to do."""
+    folder = make_idx_files(tmp_path, gz=True)
+    damaged = folder / "t10k-images-idx3-ubyte.gz"
+    data = bytearray(damaged.read_bytes())
+    data[34:42] = b"\x00\xff" * 4
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(SatlabError) as err:
+        torchvision_dataset(str(tmp_path), "FashionMNIST")
+    assert str(err.value) == (f"cannot read {damaged}: Error -3 while decompressing data: invalid stored block "
+                              "lengths; the file is damaged: replace it with an intact copy")
+
+
 def test_idx_labels_outside_the_class_count_are_refused(tmp_path: Path) -> None:
     """Test labels with 50 bytes set to 200 (a damaged file): refused naming the file and the values, instead of
     running with 201 classes named '0'..'200'."""

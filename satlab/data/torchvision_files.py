@@ -11,6 +11,7 @@ import inspect
 import logging
 import pickle
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -134,8 +135,8 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as fh:
             data = fh.read()
-    except (OSError, EOFError) as exc:
-        raise SatlabError(f"cannot read {path}: {exc}; replace the file") from exc
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a gzip stream damaged after its header
+        raise SatlabError(f"cannot read {path}: {exc}; the file is damaged: replace it with an intact copy") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or not 1 <= data[3] <= 3:
         raise SatlabError(f"{path} is not an IDX file of unsigned bytes (magic 0x0000080n); replace the file")
     ndim = data[3]

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from satlab.schema import Key, fail
+from satlab.schema import Key, fail, one_line
 from satlab.utils import SatlabError, check_writable_dir, stable_hash, write_json
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,9 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def build(cfg: DictConfig, group: str) -> Any:
-    """Instantiate the `_target_` node `cfg.<group>`, turning the user's mistakes into one SatlabError."""
+    """Instantiate the `_target_` node `cfg.<group>`, turning the user's mistakes into one SatlabError: what the
+    target raises as SatlabError, a `_target_` that cannot be found, arguments it does not take. Any other
+    exception raised inside the target stays an exception (a traceback), so a bug is never shown as bad input."""
     node = cfg[group]
     for key in node:
         if OmegaConf.is_missing(node, key):
@@ -42,9 +44,14 @@ def build(cfg: DictConfig, group: str) -> Any:
     try:
         return instantiate(node)
     except InstantiationException as err:
-        if isinstance(err.__cause__, SatlabError):
-            raise err.__cause__ from None
-        raise SatlabError(f"{group}: {str(err.__cause__ or err).splitlines()[0]}") from None
+        cause = err.__cause__
+        if isinstance(cause, SatlabError):
+            raise cause from None
+        trace = getattr(cause, "__traceback__", None)
+        if cause is None or isinstance(cause, ImportError) or (trace is not None and trace.tb_next is None):
+            # the config's fault: a _target_ that cannot be found, arguments its signature does not take
+            raise SatlabError(f"{group}: {one_line(str(cause or err))}") from None
+        raise cause  # raised inside the target: a bug (or a data problem its code should have named), not bad input
     except MissingMandatoryValue as err:
         raise SatlabError(f"{group}: {err}".splitlines()[0]) from None
 
