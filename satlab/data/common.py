@@ -139,7 +139,7 @@ def load_image(path: Path, resize: int, resolution: int) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:  # PIL: a broken PNG is a SyntaxError
         raise SatlabError(f"cannot read image {path}: {exc}; remove or replace the file") from exc
     rgb = TF.resize(rgb, resize, interpolation=InterpolationMode.BILINEAR)
     rgb = TF.center_crop(rgb, [resolution, resolution])
