@@ -116,6 +116,11 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
      "another architecture or other model_args: point checkpoint_path at a checkpoint of test_resnet"),
     (["model_set=paper69", "model_set.models=[resnet50,vit_small_patch16_224]"],
      "predicts 1000 classes but the dataset has 10"),
+    (["model_set=timm", "model_set.models=[vit_base_patch16_224.orig_in21k,test_resnet.r160_in1k]"],
+     "model 'vit_base_patch16_224.orig_in21k' (vit_base_patch16_224.orig_in21k): these pretrained weights have no "
+     "classifier head (a feature extractor), so the model predicts no class; give it a head for the dataset's 10 "
+     "classes and train it (task=train train.mode=head, then model_set.trained_from=<that run>; "
+     "model_args.num_classes alone adds an untrained head), or a tag with a head (vit_base_patch16_224.augreg2_in21k"),
     (["model_set=timm", "model_set.pretrained=false", "model_set.models=[test_resnet,test_vti,resnt50]"],
      "unknown model 'test_vti' (not a timm architecture); did you mean test_vit"),
     (["model_set=timm", "model_set.pretrained=false", "model_set.models=[convnext_tiny.fb_in1kk,test_resnet]"],

@@ -61,6 +61,18 @@ def check_classes(spec: ModelSpec, num_classes: int) -> None:
 
 
 def _class_mismatch(spec: ModelSpec, classes: int, num_classes: int) -> SatlabError:
+    if classes == 0:  # timm's feature-extractor weights (e.g. *.orig_in21k): no classifier at all
+        arch = spec.timm_name.partition(".")[0]
+        headed = [n for n in timm.list_pretrained(f"{arch}.*")
+                  if getattr(timm.models.get_pretrained_cfg(n), "num_classes", 0)]
+        other = f"or a tag with a head ({', '.join(headed[:4])}{', ...' if len(headed) > 4 else ''})" if headed \
+            else "(no tag of this architecture has one)"
+        return SatlabError(
+            f"model '{spec.name}' ({spec.timm_name}): these pretrained weights have no classifier head (a feature "
+            f"extractor), so the model predicts no class; give it a head for the dataset's {num_classes} classes "
+            "and train it (task=train train.mode=head, then model_set.trained_from=<that run>; model_args.num_classes "
+            f"alone adds an untrained head), {other}"
+        )
     return SatlabError(
         f"model '{spec.name}' ({spec.timm_name}) predicts {classes} classes but the dataset has {num_classes}; "
         "pick a dataset with the model's label space (e.g. dataset=imagenet for ImageNet weights) or a "
