@@ -101,6 +101,12 @@ def read_matrix(path: str | os.PathLike, symmetric_tol: float | None = None,
         raise SatlabError(f"matrix file '{path}' is not a readable CSV ({str(err).splitlines()[0]})") from None
     rows = [str(r).strip() for r in frame.index]
     cols = [str(c).strip() for c in frame.columns]
+    if not cols and rows:  # one field per line: another separator (a spreadsheet's ';' or a tab)?
+        header = path.read_text(errors="replace").splitlines()[0]
+        other = next((f"'{sep}'" if sep != "\t" else "tabs" for sep in (";", "\t", "|") if sep in header), None)
+        said = f"its lines are separated by {other}, not commas" if other else "its header line has no comma"
+        raise SatlabError(f"matrix '{path}' has {len(rows) + 1} lines but no columns: {said}; write it as a "
+                          "comma-separated CSV (the paper's format: header row and first column = model names)")
     if len(rows) != len(cols):
         raise SatlabError(f"matrix '{path}' is not square: {len(rows)} rows x {len(cols)} columns")
     if rows != cols:
