@@ -23,7 +23,8 @@ def get_task(name: str, module: str | None = None) -> Callable[[DictConfig], dic
         try:
             found = importlib.import_module(str(module))
         except ModuleNotFoundError as err:
-            if err.name is None or not (str(module) == err.name or str(module).startswith(f"{err.name}.")):  # the module imports one that is missing
+            own = err.name is not None and (str(module) == err.name or str(module).startswith(f"{err.name}."))
+            if not own:  # the module was found, but it imports one that is missing
                 raise SatlabError(f"task.module={module} fails on import: {type(err).__name__}: {err}; install "
                                   f"what it imports") from None
             raise SatlabError(f"task.module={module} cannot be imported ({err}); put the module on the Python "

@@ -174,7 +174,7 @@ SCHEMA: dict[str, Key] = {
     "dataset.test_per_class": COUNT,
     "logger.mode": Key("choice", choices=("offline", "online", "disabled")),
     "paths.cache_dir": Key("path", note="is a shell variable unset? the default is $SATLAB_CACHE_DIR, else "
-                                                  "~/.cache/satlab"),
+                                        "~/.cache/satlab"),
 }
 
 # where recipes sit; model_set.catalog.<name>.train holds a model's overrides of model_set.train

@@ -51,7 +51,7 @@ def build(cfg: DictConfig, group: str) -> Any:
         if cause is None or isinstance(cause, ImportError) or (trace is not None and trace.tb_next is None):
             # the config's fault: a _target_ that cannot be found, arguments its signature does not take
             raise SatlabError(f"{group}: {one_line(str(cause or err))}") from None
-        raise cause  # raised inside the target: a bug (or a data problem its code should have named), not bad input
+        raise cause from None  # raised inside the target: a bug (or a data problem its code should have named), not bad input
     except MissingMandatoryValue as err:
         raise SatlabError(f"{group}: {err}".splitlines()[0]) from None
 
