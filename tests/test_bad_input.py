@@ -108,7 +108,7 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
      "be between 0 and 1, but got 5.0), so the cause is how it is built, not the dataset's resolution; check its "
      "model_args (drop_rate=5)"),
     (["+model_set.catalog.test_resnet.checkpoint_path={ckpt7}"],
-     "has a head for 7 classes but the model is built for 10 (fc.weight (7, 96) vs (10, 96), fc.bias (7,) vs (10,)); "
+     "has a head for 7 classes but the model is built for 10 classes (fc.weight (7, 96) vs (10, 96), fc.bias (7,) vs (10,)); "
      "the checkpoint was trained on another dataset"),
     (["+model_set.catalog.test_resnet.checkpoint_path={ckpt_vit}"],
      "does not fit test_resnet: 92 of the model's 92 tensors missing (conv1.0.weight, conv1.1.weight, conv1.1.bias "

@@ -172,7 +172,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], spec: ModelSp
         classes, theirs = getattr(model, "num_classes", None), head_classes(model, state)
         if not missing and not unexpected and shapes and head and all(s.startswith(f"{head}.") for s in shapes):
             raise SatlabError(
-                f"{where} has a head for {theirs} classes but the model is built for {classes} ({_listed(shapes)}); "
+                f"{where} has a head for {theirs} classes but the model is built for {classes} classes "
+                f"({_listed(shapes)}); "
                 "the checkpoint was trained on another dataset"
             ) from None
         if not (missing or unexpected or shapes):  # not a key or shape problem: torch's own reason
