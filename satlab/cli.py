@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
@@ -243,6 +244,15 @@ def _quote_hint(err) -> str:
             f"write {example} (double quotes for Hydra inside single quotes for the shell)")
 
 
+def _yaml_message(err: yaml.YAMLError) -> str:
+    """The one line for a config file that is not valid YAML: the file, the line and column, the parser's reason."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"'{mark.name}' line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+    reason = getattr(err, "problem", None) or _one_line(str(err))
+    context = getattr(err, "context", None)
+    return f"config file {where} is not valid YAML ({f'{context}: ' if context else ''}{reason}); fix that file"
+
+
 def _needs_quotes(value: str) -> bool:
     """Whether Hydra's grammar reads `value` only quoted: a space, a non-ASCII letter, ( ) # or the like."""
     return any(c.isspace() or not c.isascii() or c in "()#'\"\\{}<>|;&!$`" for c in value)
@@ -320,6 +330,11 @@ def main(argv: list[str] | None = None) -> None:
         if message is None:
             raise
         print(f"satlab: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except yaml.YAMLError as err:  # a config file of one's own (--config-dir) that is not valid YAML
+        if _SESSION.entered:
+            raise
+        print(f"satlab: error: {_yaml_message(err)}", file=sys.stderr)
         sys.exit(2)
     except ValueError as err:  # Hydra's flags that exclude each other (-m with --cfg, ...)
         if _SESSION.entered or not str(err).startswith("Only one of"):

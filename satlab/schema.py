@@ -62,7 +62,8 @@ def _is_number(value: Any) -> bool:
 class Key:
     """What one option may hold.
 
-    kind: bool, int, number (finite int or float), choice (one of `choices`) or ints (a list of integers).
+    kind: bool, int, number (finite int or float), choice (one of `choices`), ints (a list of integers) or path
+    (a non-empty string: an empty one is usually a shell variable that is not set).
     low/high: bounds of numbers (and of each item of ints), excluded when `open_low`/`open_high`.
     nullable: null is allowed; `null_means` says what it does. words: literal strings also accepted ("auto").
     choices: a tuple; or "module:NAME", a tuple defined in code, or a function returning one (read only when the
@@ -119,6 +120,8 @@ class Key:
             return _is_int(value) and self._in_range(value)
         if self.kind == "number":
             return _is_number(value) and self._in_range(value)
+        if self.kind == "path":
+            return isinstance(value, str) and bool(value.strip())
         if self.kind == "ints":
             return (isinstance(value, (list, tuple)) and len(value) >= self.min_items
                     and all(_is_int(v) and self._in_range(v) for v in value)
@@ -145,6 +148,8 @@ class Key:
         null = [f"null ({self.null_means})" if self.null_means else "null"] if self.nullable else []
         if self.kind == "bool":
             options = ["true", "false", *self.words, *null]
+        elif self.kind == "path":
+            options = [*null, "a folder path, not empty"]
         else:
             what = {"int": "an integer", "number": "a number"}.get(self.kind)
             if self.kind == "ints":
@@ -164,7 +169,8 @@ BOOL = Key("bool")
 SEED = Key("int", 0, SEED_HIGH)
 COUNT = Key("int", 1)  # a positive count
 WORKERS = Key("int", 0, note="DataLoader worker processes; 0: load in the main process")
-FLOOR = Key("number", 0, open_low=True, note="it floors the argument of the log")
+FLOOR = Key("number", 0, 100, open_low=True, open_high=True,  # eps_s of sat, ensemble, distill and analyze
+            note="a transfer rate in %: it floors the argument of the log")
 TOLERANCE = Key("number", 0)
 
 

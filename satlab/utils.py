@@ -231,7 +231,8 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     Run it before any expensive work, so a bad cache or output folder fails in a second, not after hours.
     """
     folder = Path(path)
-    hint = f"set {what} to a writable folder (e.g. {what}=$HOME/.cache/satlab) or fix its permissions"
+    example = f" (e.g. {what}=$HOME/.cache/satlab)" if what.endswith("cache_dir") else ""
+    hint = f"set {what} to a writable folder{example} or fix its permissions"
     if folder.exists() and not folder.is_dir():
         raise SatlabError(f"{what} '{folder}' is a file, not a folder; {hint}")
     try:

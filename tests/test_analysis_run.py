@@ -135,6 +135,15 @@ BAD_MATRICES = {
     "not_square": (",a,b,c\na,4.6,2,3\nb,2,4.6,3\n", "is not square"),
     "asymmetric": (",tiny_cnn_0,tiny_cnn_1,tiny_vit_0\ntiny_cnn_0,4.6,2,3\ntiny_cnn_1,2.5,4.6,3\n"
                    "tiny_vit_0,3,3,4.6\n", "is not symmetric"),
+    "one_side_empty": (",tiny_cnn_0,tiny_cnn_1,tiny_vit_0\ntiny_cnn_0,4.6,,3\ntiny_cnn_1,2.04,4.6,3\n"
+                       "tiny_vit_0,3,3,4.6\n", r"is not symmetric: \(tiny_cnn_0, tiny_cnn_1\) is empty but "
+                                            r"\(tiny_cnn_1, tiny_cnn_0\) = 2.04; a pair has one set of jointly"),
+    "above_ln_100": (",tiny_cnn_0,tiny_cnn_1,tiny_vit_0\ntiny_cnn_0,4.6,1e300,3\ntiny_cnn_1,1e300,4.6,3\n"
+                     "tiny_vit_0,3,3,4.6\n", r"cell \(tiny_cnn_0, tiny_cnn_1\) is 1e300, above ln 100 = 4.6052; a "
+                                          "SAT value is the natural log of a transfer rate in %"),
+    "semicolons": (";tiny_cnn_0;tiny_cnn_1;tiny_vit_0\ntiny_cnn_0;4.6;2;3\ntiny_cnn_1;2;4.6;3\ntiny_vit_0;3;3;4.6\n",
+                   "has 4 lines but no columns: its lines are separated by ';', not commas; write it as a "
+                   "comma-separated CSV"),
     "non_numeric": (",tiny_cnn_0,tiny_cnn_1,tiny_vit_0\ntiny_cnn_0,4.6,2,x\ntiny_cnn_1,2,4.6,3\n"
                     "tiny_vit_0,x,3,4.6\n", "'x', not a number"),
     "names_mismatch": (",a,b,c\na,4.6,2,3\nc,2,4.6,3\nb,3,3,4.6\n", "row 2 is 'c' but column 2 is 'b'"),

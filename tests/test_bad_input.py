@@ -37,8 +37,13 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["sat.print_table=1"], "sat.print_table=1 must be true or false"),
     (["sat.batch_size=0"], "sat.batch_size=0 must be an integer >= 1"),
     (["sat.num_workers=-1"], "sat.num_workers=-1 must be an integer >= 0"),
-    (["sat.eps_s=0"], "sat.eps_s=0 must be a number > 0 (it floors the argument of the log)"),
-    (["sat.n_bootstrap=-1"], "sat.n_bootstrap=-1 must be an integer >= 0 (resamples for sat_ci.csv; 0: no CIs)"),
+    (["sat.eps_s=0"], "sat.eps_s=0 must be a number in (0, 100) (a transfer rate in %: it floors the argument of "
+                      "the log)"),
+    (["sat.eps_s=200"], "sat.eps_s=200 must be a number in (0, 100) (a transfer rate in %"),
+    (["sat.n_bootstrap=-1"], "sat.n_bootstrap=-1 must be an integer >= 0 (image resamples for the 95% CIs; 0: no "
+                             "CIs)"),
+    (["sat.n_bootstrap=1"], "sat.n_bootstrap=1 is too few resamples for a 95% CI; use 0 (no CIs) or >= 100"),
+    (["task=ensemble", "ensemble.eps_s=100"], "ensemble.eps_s=100 must be a number in (0, 100)"),
     (["logger.mode=sometimes"], "logger.mode=sometimes is unknown; choose one of offline, online, disabled"),
     (["dataset.eval_noise=2"], "dataset.eval_noise=2 must be a number in [0, 1]"),
     (["model_set.input_size=abc"], "model_set.input_size=abc must be null (timm's data config), dataset or an integer"),
@@ -47,11 +52,15 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["task=analyze", "analyze.map=umap"], "analyze.map=umap is unknown; choose one of mds, tsne"),
     (["task=compare", "compare.n_permutations=0"], "compare.n_permutations=0 must be an integer >= 1"),
     (["task=ensemble", "ensemble.ci_level=1"], "ensemble.ci_level=1 must be a number in (0, 1)"),
+    (["task=ensemble", "ensemble.team_sizes=[2,2]"], "ensemble.team_sizes lists 2 more than once; give each once"),
+    (["task=ensemble", "ensemble.strategies=[random,random]"], "ensemble.strategies lists random more than once"),
     (["task=ensemble", "ensemble.combine=nosuch"], "ensemble.combine=nosuch is unknown; choose one of mean_softmax"),
     (["task=train", "train.mode=nosuch"], "train.mode=nosuch is unknown; choose one of full, head (head = linear probe)"),
     (["task=distill", "distill.alpha=1.5"], "distill.alpha=1.5 must be a number in [0, 1] (the weight of the teacher"),
     (["task=distill", "distill.temperature=0"], "distill.temperature=0 must be a number > 0 (it divides the logits)"),
     (["task=distill", "distill.mode=x"], "distill.mode=x is unknown; choose one of soft, hard"),
+    (["task=distill", "distill.student=test_resnet", "distill.teachers=[]"], "distill.teachers=[] lists no teacher; list at least one model, or "
+                                              "leave it null for every model of the model set but the student"),
     (["task=distill", "distill.seeds=[0,0]"], "distill.seeds=[0, 0] must be a non-empty list of distinct integers"),
     # the Trainer: typed options, then whatever pytorch_lightning.Trainer refuses on construction
     (["trainer.precision=bogus"], "trainer.precision=bogus is unknown; choose one of"),
@@ -94,9 +103,24 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["model_set.models=[test_resnet]"], "has 1 model(s); SAT compares pairs"),
     (["model_set.models=[test_resnet,test_resnet]"], "lists test_resnet more than once"),
     (["dataset.resolution=30"], "model 'test_vit' cannot take the dataset's 30 x 30 images"),
-    (["+model_set.catalog.test_resnet.checkpoint_path={ckpt7}"], "does not fit the model built for 10 classes"),
+    (["+model_set.catalog.test_resnet.model_args={drop_rate: 5}"],
+     "model 'test_resnet' fails on a blank image at timm's own input size 160 x 160 too (dropout probability has to "
+     "be between 0 and 1, but got 5.0), so the cause is how it is built, not the dataset's resolution; check its "
+     "model_args (drop_rate=5)"),
+    (["+model_set.catalog.test_resnet.checkpoint_path={ckpt7}"],
+     "has a head for 7 classes but the model is built for 10 classes (fc.weight (7, 96) vs (10, 96), fc.bias (7,) vs (10,)); "
+     "the checkpoint was trained on another dataset"),
+    (["+model_set.catalog.test_resnet.checkpoint_path={ckpt_vit}"],
+     "does not fit test_resnet: 92 of the model's 92 tensors missing (conv1.0.weight, conv1.1.weight, conv1.1.bias "
+     "and 89 more); 80 unexpected (cls_token, pos_embed, patch_embed.proj.weight and 77 more); it was saved from "
+     "another architecture or other model_args: point checkpoint_path at a checkpoint of test_resnet"),
     (["model_set=paper69", "model_set.models=[resnet50,vit_small_patch16_224]"],
      "predicts 1000 classes but the dataset has 10"),
+    (["model_set=timm", "model_set.models=[vit_base_patch16_224.orig_in21k,test_resnet.r160_in1k]"],
+     "model 'vit_base_patch16_224.orig_in21k' (vit_base_patch16_224.orig_in21k): these pretrained weights have no "
+     "classifier head (a feature extractor), so the model predicts no class; give it a head for the dataset's 10 "
+     "classes and train it (task=train train.mode=head, then model_set.trained_from=<that run>; "
+     "model_args.num_classes alone adds an untrained head), or a tag with a head (vit_base_patch16_224.augreg2_in21k"),
     (["model_set=timm", "model_set.pretrained=false", "model_set.models=[test_resnet,test_vti,resnt50]"],
      "unknown model 'test_vti' (not a timm architecture); did you mean test_vit"),
     (["model_set=timm", "model_set.pretrained=false", "model_set.models=[convnext_tiny.fb_in1kk,test_resnet]"],
@@ -105,6 +129,18 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
      "model_set.filter=tset_* matches no timm model; did you mean test_*?"),
     (["model_set=timm", "model_set.filter=test_mambaout"], "but none has pretrained weights; set model_set.pretrained"),
     (["model_set=timm"], "has 0 model(s); SAT compares pairs, so list at least 2 under model_set.models=[a,b,...] or"),
+    # where results and caches go (a folder that cannot be made, a file, an empty value)
+    (["paths.output_dir=/proc/satlab-out"], "paths.output_dir '/proc/satlab-out' is not a writable folder (No such "
+                                            "file or directory); set paths.output_dir to a writable folder"),
+    (["paths.output_dir={afile}"], "afile' is a file, not a folder; set paths.output_dir to a writable folder"),
+    (["paths.output_dir=''"], "paths.output_dir='' must be a folder path, not empty (is a shell variable unset?"),
+    (["model_set.trained_from={manifest_not_json}"], "trained_models.json' is not a readable manifest (Expecting "
+                                                     "value: line 1 column 1 (char 0)); point model_set.trained_from"),
+    (["model_set.trained_from={manifest_cut}"], "trained_models.json' is not a readable manifest (Expecting property name"),
+    (["model_set.trained_from={manifest_empty}"],
+     "is not a task=train manifest (no dataset, num_classes, resolution, models); point model_set.trained_from at "
+     "the run dir of a finished task=train run, or rerun task=train"),
+    (["model_set.trained_from={manifest_list}"], "is not a task=train manifest (a JSON list, not an object)"),
     # data
     (["dataset=imagefolder"], "dataset.root is required"),
     (["dataset=imagefolder", "dataset.root=/no/such/folder"], "dataset.root '/no/such/folder' is not an existing"),
@@ -169,11 +205,23 @@ def _input(name: str, tmp: Path) -> Path:
         (path / "dog").mkdir()
     elif name == "tree":
         make_imagefolder(path)
+    elif name == "afile":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
     elif name == "empty":
         path.mkdir(parents=True)
+    elif name.startswith("manifest_"):  # a task=train run folder whose trained_models.json is damaged
+        path.mkdir(parents=True)
+        whole = '{"dataset": "digits", "num_classes": 10, "resolution": 32, "mode": "full", "models": {}}'
+        text = {"manifest_not_json": "not json", "manifest_cut": whole[:40], "manifest_empty": "{}",
+                "manifest_list": "[]"}[name]
+        (path / "trained_models.json").write_text(text)
     elif name == "ckpt7":
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(timm.create_model("test_resnet", num_classes=7).state_dict(), path)
+    elif name == "ckpt_vit":  # a checkpoint of another architecture
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(timm.create_model("test_vit", num_classes=10).state_dict(), path)
     else:
         raise KeyError(name)
     return path
@@ -204,7 +252,8 @@ def assert_one_line_error(code: int, err: str, fragment: str) -> str:
 
 @pytest.mark.parametrize("args, fragment", BAD_INPUTS, ids=[" ".join(a)[:60] for a, _ in BAD_INPUTS])
 def test_bad_input_one_line_exit_2_nothing_written(args, fragment, tmp_path, monkeypatch, capsys):
-    names = ("one_class", "one_class_eval", "tree", "ckpt7", "empty")
+    names = ("one_class", "one_class_eval", "tree", "ckpt7", "ckpt_vit", "empty", "afile", "manifest_not_json", "manifest_cut",
+             "manifest_empty", "manifest_list")
     args = [a.format(**{k: _input(k, tmp_path) for k in names if "{" + k + "}" in a})
             if any("{" + k + "}" in a for k in names) else a for a in args]
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
@@ -250,6 +299,31 @@ def test_unwritable_run_folder(mode, tmp_path, monkeypatch, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["afile"]
 
 
+def test_config_dir_file_not_yaml(tmp_path, monkeypatch, capsys):
+    """A group file of one's own (--config-dir) that is not valid YAML: the file, line and column in one line."""
+    (tmp_path / "conf" / "model_set").mkdir(parents=True)
+    broken = tmp_path / "conf" / "model_set" / "broken.yaml"
+    broken.write_text("models: [a, b\nfoo: : x\n")
+    code, _, err = run_cli(["--config-dir", str(tmp_path / "conf"), "model_set=broken",
+                            f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
+    assert_one_line_error(code, err, f"config file '{broken}' line 2, column 4 is not valid YAML (while parsing a "
+                                     "flow sequence: expected ',' or ']', but got ':'); fix that file")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("how", ["override", "environment"])
+def test_empty_cache_dir(how, tmp_path, monkeypatch, capsys):
+    """paths.cache_dir='' (typed, or SATLAB_CACHE_DIR set to nothing) is refused: it would put records/ and zoo/
+    into the current folder without a word."""
+    monkeypatch.chdir(tmp_path)
+    args = ["paths.cache_dir=''"] if how == "override" else []
+    monkeypatch.setenv("SATLAB_CACHE_DIR", "")
+    code, _, err = run_cli([*BASE, *args, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
+    assert_one_line_error(code, err, "paths.cache_dir='' must be a folder path, not empty (is a shell variable "
+                                     "unset? the default is $SATLAB_CACHE_DIR, else ~/.cache/satlab)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_offline_missing_pretrained_weights_one_line(tmp_path, monkeypatch, capsys, tiny_imagenet):
     """HF_HUB_OFFLINE and an empty Hugging Face cache: every missing model in the one line, at once (timm would
     retry on the first model and name only it); the paper's 68 models the same way."""
@@ -269,3 +343,46 @@ def test_offline_missing_pretrained_weights_one_line(tmp_path, monkeypatch, caps
     assert_one_line_error(code, err, "pretrained weights of 68 model(s) are not in the local cache and HF_HUB_OFFLINE "
                                      "is set: nfnet_l0 (hf-hub:timm/nfnet_l0.ra2_in1k), ")
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_samples_per_class_above_what_the_folder_has_is_said(tmp_path, monkeypatch, capsys):
+    """dataset.samples_per_class=50 on a folder of 4, 3 and 2 images per class runs (every image is used) and says
+    so, on the console and in summary.json; the advice on empty X_AB does not suggest raising samples_per_class."""
+    import json
+
+    root = make_imagefolder(tmp_path / "tree")
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(["model_set=timm_tiny", "dataset=imagefolder", f"dataset.root={root}", "dataset.resize=32",
+                              "dataset.resolution=32", "dataset.samples_per_class=50", "attack=fgsm", "logger=none",
+                              "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "sat.n_bootstrap=0",
+                              f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    note = ("dataset.samples_per_class=50 but 3 of 3 class(es) have fewer evaluation images (cat 4, dog 3, fish 2): "
+            "the run uses 9 images, not 150; raising samples_per_class adds none, more images in the dataset do")
+    assert note in out + err
+    assert json.loads((run_dir / "summary.json").read_text())["dataset_notes"] == [note]
+    assert "more images (dataset.samples_per_class)" not in out + err
+    empty = [ln for ln in (out + err).splitlines() if "(empty X_AB)" in ln]  # untrained models: some pairs have none
+    assert empty and all("more images in the dataset (raising dataset.samples_per_class adds none)" in ln
+                         for ln in empty), empty
+
+
+def _fails_inside(**_: object) -> None:
+    """A dataset function with a bug: it raises inside (not at the call), as a real defect would."""
+    raise ZeroDivisionError("a bug, not bad input")
+
+
+def test_a_bug_inside_a_dataset_stays_a_traceback(tmp_path):
+    """Only the config's faults become `dataset: ...` (a _target_ that cannot be found, arguments it does not
+    take) and what the dataset raises as SatlabError; any other exception raised inside it propagates as is."""
+    from omegaconf import OmegaConf
+
+    from satlab.tasks.common import build
+    from satlab.utils import SatlabError
+
+    with pytest.raises(ZeroDivisionError, match="a bug, not bad input"):
+        build(OmegaConf.create({"dataset": {"_target_": "test_bad_input._fails_inside", "root": "x"}}), "dataset")
+    with pytest.raises(SatlabError, match=r"^dataset: _fails_inside\(\) takes 0 positional arguments but 1 was"):
+        build(OmegaConf.create({"dataset": {"_target_": "test_bad_input._fails_inside", "_args_": [1]}}), "dataset")
+    with pytest.raises(SatlabError, match=r"^dataset: Error loading 'nosuch\.fn'"):
+        build(OmegaConf.create({"dataset": {"_target_": "nosuch.fn"}}), "dataset")

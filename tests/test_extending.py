@@ -122,6 +122,27 @@ def test_task_module_errors_are_one_line(examples, tmp_path, monkeypatch, capsys
     assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in "abc")
 
 
+@pytest.mark.parametrize("source, fragment", [
+    ("def run(cfg:\n    pass\n", "fails on import: SyntaxError: '(' was never closed (satlab_bad_mod.py, line 1); "
+                                  "fix the module"),
+    ("raise RuntimeError('boom')\n", "fails on import: RuntimeError: boom; fix the module"),
+    ("import satlab_no_such_dependency\n", "fails on import: ModuleNotFoundError: No module named "
+                                            "'satlab_no_such_dependency'; install what it imports"),
+])
+def test_task_module_failing_on_import_is_one_line(source, fragment, examples, tmp_path, monkeypatch, capsys):
+    """Any exception while the module is imported (not only ImportError) is one line naming the module and the
+    error; a missing dependency of the module is not mistaken for the module itself being off the path."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "satlab_bad_mod.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    monkeypatch.delitem(sys.modules, "satlab_bad_mod", raising=False)
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(["--config-dir", str(EXAMPLES_CONF), "task=top_pairs", "logger=none",
+                            "task.module=satlab_bad_mod", f"hydra.run.dir={run_dir}"], monkeypatch, capsys)
+    assert_one_line_error(code, err, f"task.module=satlab_bad_mod {fragment}")
+    assert not run_dir.exists()
+
+
 def _strip(line: str) -> str:
     return re.sub(r"\s+#.*$", "", line).rstrip()
 

@@ -216,12 +216,14 @@ def test_checkpoint_round_trip(tmp_path, kind):
 def test_wrong_checkpoints_raise(tmp_path):
     vit = tmp_path / "vit.pth"
     torch.save(make("test_vit", num_classes=5).state_dict(), vit)
-    with pytest.raises(SatlabError, match=r"model 'mine': checkpoint '.*vit\.pth'"):
+    with pytest.raises(SatlabError, match=r"model 'mine': checkpoint '.*vit\.pth' does not fit test_resnet: .* tensors "
+                                          r"missing .* unexpected \(cls_token, pos_embed"):
         build_model(ModelSpec("mine", "test_resnet", checkpoint_path=str(vit)), 5, 32)
 
     ten = tmp_path / "ten.pth"  # right architecture, trained on 10 classes; the dataset has 5
     torch.save(make("test_resnet", num_classes=10).state_dict(), ten)
-    with pytest.raises(SatlabError, match=r"model 'mine': checkpoint '.*ten\.pth'.*size mismatch"):
+    with pytest.raises(SatlabError, match=r"model 'mine': checkpoint '.*ten\.pth' has a head for 10 classes but the "
+                                          r"model is built for 5 classes \(fc\.weight \(10, 96\) vs \(5, 96\)"):
         build_model(ModelSpec("mine", "test_resnet", checkpoint_path=str(ten)), 5, 32)
 
     with pytest.raises(SatlabError, match=r"model 'mine': checkpoint_path '.*missing\.pth' does not exist"):

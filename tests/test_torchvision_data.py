@@ -134,6 +134,34 @@ def test_fitting_is_lazy_and_train_split_optional(tmp_path: Path) -> None:
     assert len(swapped.eval) == 30 and len(swapped.train) == 20
 
 
+def test_gz_damaged_near_its_start_names_the_file(tmp_path: Path) -> None:
+    """A gzipped IDX file damaged just after its header (zlib's "Error -3 while decompressing data", not an
+    OSError): one line naming the file and what to do."""
+    folder = make_idx_files(tmp_path, gz=True)
+    damaged = folder / "t10k-images-idx3-ubyte.gz"
+    data = bytearray(damaged.read_bytes())
+    data[34:42] = b"\x00\xff" * 4
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(SatlabError) as err:
+        torchvision_dataset(str(tmp_path), "FashionMNIST")
+    assert str(err.value) == (f"cannot read {damaged}: Error -3 while decompressing data: invalid stored block "
+                              "lengths; the file is damaged: replace it with an intact copy")
+
+
+def test_idx_labels_outside_the_class_count_are_refused(tmp_path: Path) -> None:
+    """Test labels with 50 bytes set to 200 (a damaged file): refused naming the file and the values, instead of
+    running with 201 classes named '0'..'200'."""
+    folder = make_idx_files(tmp_path, gz=False)
+    _, labels = tiny_mnist("test")
+    labels[:5] = 200
+    labels[5] = 17
+    bad = write_idx(folder / "t10k-labels-idx1-ubyte", labels)
+    with pytest.raises(SatlabError) as err:
+        torchvision_dataset(str(tmp_path), "FashionMNIST")
+    assert str(err.value) == (f"{bad}: 6 label(s) outside 0..9 (FashionMNIST has 10 classes): 17, 200; the file is "
+                              "damaged or not FashionMNIST's, replace it")
+
+
 # ---------------------------------------------------------------- CIFAR's pickles
 
 
@@ -146,6 +174,17 @@ def test_cifar10_pickle_layout(conf_dir: Path, tmp_path: Path) -> None:
     small = torchvision_dataset(str(root / "cifar-10-batches-py"), "CIFAR10", resolution=16, samples_per_class=1)
     assert_8bit_images(small.eval[0][0], 16)  # the batches folder itself as root, downsampled
     assert len(small.eval) == 10
+
+
+def test_cifar_labels_outside_the_class_count_are_refused(tmp_path: Path) -> None:
+    root, _ = make_cifar10(tmp_path)
+    batch = root / "cifar-10-batches-py" / "test_batch"
+    entry = pickle.loads(batch.read_bytes())
+    entry["labels"][3] = 12
+    batch.write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(SatlabError, match=r"the test batches in .*cifar-10-batches-py: 1 label\(s\) outside 0..9 "
+                                          r"\(CIFAR10 has 10 classes\): 12; the file is damaged"):
+        torchvision_dataset(str(root), "CIFAR10")
 
 
 # ---------------------------------------------------------------- a class torchvision reads

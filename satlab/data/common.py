@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +36,7 @@ class DatasetSplits:
     num_classes: int
     resolution: int
     class_names: list[str]
+    notes: list[str] = field(default_factory=list)  # what the run should know (said on the console, in summary.json)
 
     def __post_init__(self) -> None:
         if self.num_classes < MIN_CLASSES:
@@ -138,7 +139,7 @@ def load_image(path: Path, resize: int, resolution: int) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:  # PIL: a broken PNG is a SyntaxError
         raise SatlabError(f"cannot read image {path}: {exc}; remove or replace the file") from exc
     rgb = TF.resize(rgb, resize, interpolation=InterpolationMode.BILINEAR)
     rgb = TF.center_crop(rgb, [resolution, resolution])

@@ -11,6 +11,7 @@ import inspect
 import logging
 import pickle
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -134,8 +135,8 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as fh:
             data = fh.read()
-    except (OSError, EOFError) as exc:
-        raise SatlabError(f"cannot read {path}: {exc}; replace the file") from exc
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a gzip stream damaged after its header
+        raise SatlabError(f"cannot read {path}: {exc}; the file is damaged: replace it with an intact copy") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or not 1 <= data[3] <= 3:
         raise SatlabError(f"{path} is not an IDX file of unsigned bytes (magic 0x0000080n); replace the file")
     ndim = data[3]
@@ -194,8 +195,28 @@ def read_idx_split(cls: type, root: Path, split: str, download: bool) -> RawSpli
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise SatlabError(f"{found[0]} ({images.shape}) and {found[1]} ({labels.shape}) do not hold one label "
                           "per image; replace them")
+    check_label_range(labels, len(cls.classes), f"{found[1]}", name)
     return RawSplit(labels=labels.astype(np.int64), images=torch.from_numpy(images.copy()).unsqueeze(1),
                     classes=list(cls.classes))
+
+
+def check_label_range(labels: np.ndarray, n_classes: int, source: str, name: str) -> None:
+    """Refuse labels outside 0 .. n_classes - 1 (a damaged file, or another dataset's), naming `source` and the
+    values, rather than run with classes the dataset does not have.
+
+    Args:
+        labels: [N] integer labels as read.
+        n_classes: the dataset's class count (torchvision's class list).
+        source: the file (or folder) the labels came from.
+        name: the dataset class, e.g. FashionMNIST.
+    """
+    labels = np.asarray(labels)
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        values = np.unique(labels[bad])
+        shown = ", ".join(str(v) for v in values[:5]) + (f" and {len(values) - 5} more" if len(values) > 5 else "")
+        raise SatlabError(f"{source}: {int(bad.sum())} label(s) outside 0..{n_classes - 1} ({name} has {n_classes} "
+                          f"classes): {shown}; the file is damaged or not {name}'s, replace it")
 
 
 def cifar_folder(cls: type, root: Path) -> Path:
@@ -232,6 +253,8 @@ def read_cifar_split(cls: type, root: Path, split: str, download: bool) -> RawSp
     if sum(len(d) for d in data) != len(labels):
         raise SatlabError(f"the {name} {split} batches in {folder} hold {sum(len(d) for d in data)} images but "
                           f"{len(labels)} labels; replace them")
+    check_label_range(np.asarray(labels, dtype=np.int64), CIFAR_CLASSES[name], f"the {split} batches in {folder}",
+                      name)
     classes = [str(k) for k in range(CIFAR_CLASSES[name])]
     meta = folder / cls.meta["filename"]
     if meta.is_file():

@@ -210,6 +210,9 @@ def torchvision_dataset(
     if classes is not None and len(classes) >= num_classes:
         num_classes = len(classes)
     else:
+        if classes is not None:  # torchvision's own reader: its class list may not cover its labels
+            log.warning("%s: labels go up to %d but torchvision's class list has %d name(s); the classes are "
+                        "named 0..%d instead", name, num_classes - 1, len(classes), num_classes - 1)
         classes = [str(k) for k in range(num_classes)]
     return DatasetSplits(
         name=name,

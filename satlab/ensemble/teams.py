@@ -30,11 +30,15 @@ PERCENTILES = (5, 50, 95)
 
 
 def check_teams(strategies: Sequence[str], sizes: Sequence[int], n_models: int) -> None:
-    """Unknown strategies and sizes outside [2, n_models] raise SatlabError."""
+    """Unknown strategies, sizes outside [2, n_models] and a strategy or size listed twice raise SatlabError."""
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
         raise SatlabError(f"ensemble.strategies: unknown {unknown or 'empty list'}; "
                           f"choose from {', '.join(STRATEGIES)}")
+    for key, values in (("strategies", list(strategies)), ("team_sizes", list(sizes))):
+        twice = sorted({str(v) for i, v in enumerate(values) if v in values[:i]})
+        if twice:
+            raise SatlabError(f"ensemble.{key} lists {', '.join(twice)} more than once; give each once")
     for k in sizes:
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= n_models:
             raise SatlabError(f"ensemble.team_sizes: {k!r} is not a team size; use integers from 2 to the number "

@@ -18,7 +18,7 @@ import difflib
 import zlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import timm
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 
 from satlab.models.specs import ModelSpec
 from satlab.models.wrapper import PixelModel
+from satlab.schema import one_line
 from satlab.utils import SatlabError
 
 
@@ -60,6 +61,18 @@ def check_classes(spec: ModelSpec, num_classes: int) -> None:
 
 
 def _class_mismatch(spec: ModelSpec, classes: int, num_classes: int) -> SatlabError:
+    if classes == 0:  # timm's feature-extractor weights (e.g. *.orig_in21k): no classifier at all
+        arch = spec.timm_name.partition(".")[0]
+        headed = [n for n in timm.list_pretrained(f"{arch}.*")
+                  if getattr(timm.models.get_pretrained_cfg(n), "num_classes", 0)]
+        other = f"or a tag with a head ({', '.join(headed[:4])}{', ...' if len(headed) > 4 else ''})" if headed \
+            else "(no tag of this architecture has one)"
+        return SatlabError(
+            f"model '{spec.name}' ({spec.timm_name}): these pretrained weights have no classifier head (a feature "
+            f"extractor), so the model predicts no class; give it a head for the dataset's {num_classes} classes "
+            "and train it (task=train train.mode=head, then model_set.trained_from=<that run>; model_args.num_classes "
+            f"alone adds an untrained head), {other}"
+        )
     return SatlabError(
         f"model '{spec.name}' ({spec.timm_name}) predicts {classes} classes but the dataset has {num_classes}; "
         "pick a dataset with the model's label space (e.g. dataset=imagenet for ImageNet weights) or a "
@@ -131,18 +144,48 @@ def head_classes(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None
     return int(weight.shape[0]) if weight is not None else None
 
 
+def _listed(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, other shape): the tensor names where checkpoint `state` does not fit `model`; the
+    third as 'name checkpoint-shape vs model-shape'."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, shapes
+
+
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], spec: ModelSpec) -> None:
-    """`model.load_state_dict(state, strict=True)`, a mismatch as one SatlabError."""
+    """`model.load_state_dict(state, strict=True)`, a mismatch as one SatlabError: a head of another class count
+    says so; anything else (another architecture, other model_args) names the mismatching tensors."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if "size mismatch" in ln), lines[0] if lines else "")
-        classes = getattr(model, "num_classes", "?")
+        where = f"model '{spec.name}': checkpoint '{spec.checkpoint_path}'"
+        missing, unexpected, shapes = state_mismatch(model, state)
+        head = getattr(model, "pretrained_cfg", {}).get("classifier")
+        head = head[0] if isinstance(head, (list, tuple)) else head
+        classes, theirs = getattr(model, "num_classes", None), head_classes(model, state)
+        if not missing and not unexpected and shapes and head and all(s.startswith(f"{head}.") for s in shapes):
+            raise SatlabError(
+                f"{where} has a head for {theirs} classes but the model is built for {classes} classes "
+                f"({_listed(shapes)}); "
+                "the checkpoint was trained on another dataset"
+            ) from None
+        if not (missing or unexpected or shapes):  # not a key or shape problem: torch's own reason
+            raise SatlabError(f"{where} cannot be loaded ({one_line(str(err))[:300]})") from None
+        parts = [f"{len(missing)} of the model's {len(model.state_dict())} tensors missing ({_listed(missing)})"
+                 if missing else "", f"{len(unexpected)} unexpected ({_listed(unexpected)})" if unexpected else "",
+                 f"{len(shapes)} of another shape ({_listed(shapes, 2)})" if shapes else ""]
+        args = f" with model_args {dict(spec.model_args)}" if spec.model_args else ""
         raise SatlabError(
-            f"model '{spec.name}': checkpoint '{spec.checkpoint_path}' does not fit the model built for "
-            f"{classes} classes ({detail[:200]}); a class-count mismatch means the checkpoint was trained on "
-            "another dataset"
+            f"{where} does not fit {spec.timm_name}{args}: {'; '.join(p for p in parts if p)}; it was saved from "
+            f"another architecture or other model_args: point checkpoint_path at a checkpoint of {spec.timm_name}, "
+            "or set the model's timm_name to the architecture it was saved from"
         ) from None
 
 
@@ -159,20 +202,40 @@ def wrap(net: nn.Module, spec: ModelSpec, resolution: int) -> PixelModel:
     return PixelModel.from_timm(net, data_overrides(spec, resolution))
 
 
-def check_input_size(model: PixelModel, name: str, resolution: int) -> None:
-    """One forward pass of a blank image at the dataset's resolution: a shape the model refuses (a patch size
-    that does not divide the resolution, a fixed position embedding) becomes one SatlabError up front."""
-    was_training = model.training
+def _fails(forward: Any, size: tuple[int, int]) -> str | None:
+    """None if `forward` takes a blank [1,3,H,W] image of `size`, else its error in one line."""
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, resolution, resolution))
+            forward(torch.zeros(1, 3, *size))
     except Exception as err:  # noqa: BLE001 - shape errors come as AssertionError, RuntimeError, ValueError
-        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200].rstrip(".")
+        return (str(err).strip().splitlines() or [type(err).__name__])[0][:200].rstrip(".")
+    return None
+
+
+def check_input_size(model: PixelModel, name: str, resolution: int,
+                     model_args: Mapping[str, Any] | None = None) -> None:
+    """One forward pass of a blank image at the dataset's resolution: a shape the model refuses (a patch size
+    that does not divide the resolution, a fixed position embedding) becomes one SatlabError up front. When the
+    network fails at its own input size too, the resolution is not the cause: the error names the model's
+    arguments (`model_args`, e.g. drop_rate=5) instead."""
+    was_training = model.training
+    try:
+        detail = _fails(model.eval(), (resolution, resolution))
+        if detail is None:
+            return
+        native = tuple(getattr(model.model, "pretrained_cfg", {}).get("input_size", ()))[-2:]
+        own = _fails(model.model, native) if len(native) == 2 else None  # the network at timm's own input size
+        if own is not None:
+            args = ", ".join(f"{k}={v}" for k, v in (model_args or {}).items())
+            raise SatlabError(
+                f"model '{name}' fails on a blank image at timm's own input size {native[0]} x {native[1]} too "
+                f"({own}), so the cause is how it is built, not the dataset's resolution; check its model_args "
+                f"({args or 'none'})")
         raise SatlabError(
             f"model '{name}' cannot take the dataset's {resolution} x {resolution} images ({detail}); choose a "
             "dataset.resolution it accepts (for a patch model, a multiple of its patch size) or give the model "
             "its own input_size in the model set"
-        ) from None
+        )
     finally:
         model.train(was_training)
 
@@ -199,5 +262,5 @@ def build_model(spec: ModelSpec, num_classes: int | None, resolution: int, seed:
     if num_classes is not None and getattr(model, "num_classes", num_classes) != num_classes:
         raise _class_mismatch(spec, model.num_classes, num_classes)
     wrapped = wrap(model, spec, resolution).eval()
-    check_input_size(wrapped, spec.name, resolution)
+    check_input_size(wrapped, spec.name, resolution, spec.model_args)
     return wrapped

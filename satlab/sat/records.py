@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,11 +79,18 @@ def write_matrix(path: str | os.PathLike, names: Sequence[str], matrix: np.ndarr
                      float_format="%.10g")
 
 
-def read_matrix(path: str | os.PathLike, symmetric_tol: float | None = None) -> tuple[list[str], np.ndarray]:
+SAT_MAX = math.log(100.0)  # SAT is the log of a transfer rate in %: 100 % at most
+SAT_SLACK = 1e-6  # CSV rounding
+
+
+def read_matrix(path: str | os.PathLike, symmetric_tol: float | None = None,
+                sat: bool = False) -> tuple[list[str], np.ndarray]:
     """Read a matrix CSV in the paper's format and validate it; every problem raises one clear SatlabError.
 
     Checks: the file exists and parses, it is square, row names equal column names (same order), every cell is
-    a number (NaN allowed only where written as empty/NaN), and, when `symmetric_tol` is given, |M - M^T| <= tol.
+    a number (NaN allowed only where written as empty/NaN); when `symmetric_tol` is given, |M - M^T| <= tol and a
+    cell is empty only where its mirror is (a pair has one |X_AB|, so both or neither direction has a value);
+    with `sat`, no cell above ln 100 (a transfer rate above 100 %).
     """
     path = Path(path)
     if not path.is_file():
@@ -93,6 +101,12 @@ def read_matrix(path: str | os.PathLike, symmetric_tol: float | None = None) -> 
         raise SatlabError(f"matrix file '{path}' is not a readable CSV ({str(err).splitlines()[0]})") from None
     rows = [str(r).strip() for r in frame.index]
     cols = [str(c).strip() for c in frame.columns]
+    if not cols and rows:  # one field per line: another separator (a spreadsheet's ';' or a tab)?
+        header = path.read_text(errors="replace").splitlines()[0]
+        other = next((f"'{sep}'" if sep != "\t" else "tabs" for sep in (";", "\t", "|") if sep in header), None)
+        said = f"its lines are separated by {other}, not commas" if other else "its header line has no comma"
+        raise SatlabError(f"matrix '{path}' has {len(rows) + 1} lines but no columns: {said}; write it as a "
+                          "comma-separated CSV (the paper's format: header row and first column = model names)")
     if len(rows) != len(cols):
         raise SatlabError(f"matrix '{path}' is not square: {len(rows)} rows x {len(cols)} columns")
     if rows != cols:
@@ -118,7 +132,21 @@ def read_matrix(path: str | os.PathLike, symmetric_tol: float | None = None) -> 
                     f"matrix '{path}': cell ({rows[i]}, {cols[j]}) is '{text}'; cells must be finite numbers "
                     "(a pair that never transfers is ln eps_s, a pair with no jointly correct sample is empty/NaN)"
                 )
+            if sat and values[i, j] > SAT_MAX + SAT_SLACK:
+                raise SatlabError(
+                    f"matrix '{path}': cell ({rows[i]}, {cols[j]}) is {text}, above ln 100 = {SAT_MAX:.4f}; a SAT "
+                    "value is the natural log of a transfer rate in % (at most 100 %), so this is not a SAT matrix "
+                    "in the paper's format"
+                )
     if symmetric_tol is not None:
+        lone = np.isnan(values) & ~np.isnan(values.T)
+        if lone.any():
+            i, j = np.argwhere(lone)[0]
+            raise SatlabError(
+                f"matrix '{path}' is not symmetric: ({rows[i]}, {cols[j]}) is empty but ({cols[j]}, {rows[i]}) = "
+                f"{values[j, i]:.6g}; a pair has one set of jointly correct images, so both cells have a value or "
+                "both are empty"
+            )
         diff = np.abs(values - values.T)
         worst = np.nanargmax(np.where(np.isnan(diff), -1, diff)) if diff.size else 0
         i, j = np.unravel_index(worst, diff.shape)

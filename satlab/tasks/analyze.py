@@ -181,7 +181,7 @@ def read_inputs(cfg: DictConfig, out_dir: Path) -> MapInputs:
     """Find, read and check the matrix and everything the analyses take from beside it (before any output)."""
     acfg = cfg.analyze
     path = find_matrix(acfg.get("matrix"), out_dir)
-    names, raw = read_matrix(path, symmetric_tol=float(acfg.symmetric_tol))
+    names, raw = read_matrix(path, symmetric_tol=float(acfg.symmetric_tol), sat=True)
     if len(names) < 3:
         raise SatlabError(f"matrix '{path}' has {len(names)} model(s); the analysis needs at least 3 "
                           "(two models give one pair: nothing to compare)")

@@ -32,6 +32,7 @@ import os
 import typing
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
@@ -49,6 +50,10 @@ def _too_few_resamples(value: int) -> str | None:
     if 0 < value < 100:
         return "is too few resamples for a 95% CI; use 0 (no CIs) or >= 100"
     return None
+
+
+# one rule for the image resamples behind a map's 95% CIs (sat_ci.csv, analyze's pair CIs)
+CI_RESAMPLES = Key("int", 0, note="image resamples for the 95% CIs; 0: no CIs", extra=_too_few_resamples)
 
 
 def _precisions() -> tuple:
@@ -81,15 +86,14 @@ SCHEMA: dict[str, Key] = {
     "sat.num_workers": WORKERS,
     "sat.resume": BOOL,
     "sat.print_table": BOOL,
-    "sat.n_bootstrap": Key("int", 0, note="resamples for sat_ci.csv; 0: no CIs"),
+    "sat.n_bootstrap": CI_RESAMPLES,
     "sat.assemble": BOOL,
     "sat.store_adversarial": BOOL,
     # task=analyze (analyze.n_clusters and analyze.test_size are checked against the matrix's size)
     "analyze.seed": SEED,
     "analyze.symmetric_tol": TOLERANCE,
-    "analyze.eps_s": Key("number", 0, 100, open_low=True, open_high=True, nullable=True, null_means="the sat run's",
-                         note="a rate in %"),
-    "analyze.n_bootstrap": Key("int", 0, note="0: no CIs", extra=_too_few_resamples),
+    "analyze.eps_s": replace(FLOOR, nullable=True, null_means="the sat run's"),
+    "analyze.n_bootstrap": CI_RESAMPLES,
     "analyze.importance_model": Key("choice", choices="satlab.analysis.importance:MODELS"),
     "analyze.importance_seeds": COUNT,
     "analyze.test_size": NUMBER,
@@ -169,6 +173,8 @@ SCHEMA: dict[str, Key] = {
     "dataset.download": Key("bool", note="true lets torchvision download missing files into dataset.root"),
     "dataset.test_per_class": COUNT,
     "logger.mode": Key("choice", choices=("offline", "online", "disabled")),
+    "paths.cache_dir": Key("path", note="is a shell variable unset? the default is $SATLAB_CACHE_DIR, else "
+                                        "~/.cache/satlab"),
 }
 
 # where recipes sit; model_set.catalog.<name>.train holds a model's overrides of model_set.train

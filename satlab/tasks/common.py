@@ -4,31 +4,39 @@
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import platform
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from satlab.utils import SatlabError, stable_hash, write_json
+from satlab.schema import Key, fail, one_line
+from satlab.utils import SatlabError, check_writable_dir, stable_hash, write_json
+
+log = logging.getLogger(__name__)
 
 _PACKAGES = ("satlab", "torch", "torchvision", "timm", "pytorch-lightning", "hydra-core", "omegaconf",
              "numpy", "scikit-learn", "wandb")
 
 
 def output_dir(cfg: DictConfig) -> Path:
-    """The run's output folder (Hydra's run dir unless `paths.output_dir` is overridden); created if missing."""
-    path = Path(str(cfg.paths.output_dir))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The run's output folder (Hydra's run dir unless `paths.output_dir` is overridden); created if missing, else
+    one SatlabError (a file, a place that cannot be written, an empty value)."""
+    raw = str(cfg.paths.output_dir)
+    fail("paths.output_dir", raw, Key("path", note="is a shell variable unset? left out, it is the run folder"))
+    return check_writable_dir(raw, "paths.output_dir")
 
 
 def build(cfg: DictConfig, group: str) -> Any:
-    """Instantiate the `_target_` node `cfg.<group>`, turning the user's mistakes into one SatlabError."""
+    """Instantiate the `_target_` node `cfg.<group>`, turning the user's mistakes into one SatlabError: what the
+    target raises as SatlabError, a `_target_` that cannot be found, arguments it does not take. Any other
+    exception raised inside the target stays an exception (a traceback), so a bug is never shown as bad input."""
     node = cfg[group]
     for key in node:
         if OmegaConf.is_missing(node, key):
@@ -36,9 +44,14 @@ def build(cfg: DictConfig, group: str) -> Any:
     try:
         return instantiate(node)
     except InstantiationException as err:
-        if isinstance(err.__cause__, SatlabError):
-            raise err.__cause__ from None
-        raise SatlabError(f"{group}: {str(err.__cause__ or err).splitlines()[0]}") from None
+        cause = err.__cause__
+        if isinstance(cause, SatlabError):
+            raise cause from None
+        trace = getattr(cause, "__traceback__", None)
+        if cause is None or isinstance(cause, ImportError) or (trace is not None and trace.tb_next is None):
+            # the config's fault: a _target_ that cannot be found, arguments its signature does not take
+            raise SatlabError(f"{group}: {one_line(str(cause or err))}") from None
+        raise cause from None  # raised inside the target: a bug (or a data problem its code should have named), not bad input
     except MissingMandatoryValue as err:
         raise SatlabError(f"{group}: {err}".splitlines()[0]) from None
 
@@ -58,7 +71,34 @@ def eval_data(cfg: DictConfig, attack: Any = None) -> Any:
         raise SatlabError(f"dataset '{data.name}' has no evaluation images")
     if attack is not None:
         attack.check_resolution(data.resolution)
+    if note := short_classes(data, OmegaConf.select(cfg, "dataset.samples_per_class", default=None)):
+        log.warning("%s", note)
+        data.notes.append(note)
     return data
+
+
+def short_classes(data: Any, asked: int | None) -> str | None:
+    """What to say when classes have fewer evaluation images than `dataset.samples_per_class` asks (`asked`), so
+    the run uses fewer images than the option suggests; None when every class has them all.
+
+    Args:
+        data: the dataset (`DatasetSplits`: eval labels, class names).
+        asked: dataset.samples_per_class (None: all images, never short).
+    """
+    from satlab.data import labels_and_ids
+
+    if asked is None:
+        return None
+    counts = np.bincount(labels_and_ids(data.eval)[0], minlength=data.num_classes)
+    short = [(data.class_names[k] if k < len(data.class_names) else str(k), int(n))
+             for k, n in enumerate(counts) if n < asked]
+    if not short:
+        return None
+    listed = ", ".join(f"{name} {n}" for name, n in short[:5]) + (f" and {len(short) - 5} more" if len(short) > 5
+                                                                  else "")
+    return (f"dataset.samples_per_class={asked} but {len(short)} of {len(counts)} class(es) have fewer evaluation "
+            f"images ({listed}): the run uses {int(counts.sum())} images, not {asked * len(counts)}; raising "
+            "samples_per_class adds none, more images in the dataset do")
 
 
 def open_models(cfg: DictConfig, data: Any, names: list[str] | None = None, own_heads: bool = False) -> Any:

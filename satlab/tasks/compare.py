@@ -33,8 +33,8 @@ def run(cfg: DictConfig) -> dict:
     params = cfg.compare
     path_a, path_b = matrix_path(params.a, "compare.a"), matrix_path(params.b, "compare.b")
     n_perm = params.n_permutations
-    names_a, a = read_matrix(path_a)
-    names_b, b = read_matrix(path_b)
+    names_a, a = read_matrix(path_a, sat=True)
+    names_b, b = read_matrix(path_b, sat=True)
     label_a, label_b = str(params.label_a), str(params.label_b)
     result = compare_matrices(names_a, a, names_b, b, n_perm, int(params.seed), params.n_clusters)
     out = output_dir(cfg)

@@ -48,8 +48,11 @@ def _teacher_names(cfg: DictConfig, student: str) -> list[str]:
     params = cfg.distill
     if params.get("teacher"):
         names = [str(params.teacher)]
-    elif params.get("teachers"):
+    elif params.get("teachers") is not None:  # [] is a list of none, not "every model"
         names = [str(n) for n in params.teachers]
+        if not names:
+            raise SatlabError("distill.teachers=[] lists no teacher; list at least one model, or leave it null for "
+                              "every model of the model set but the student")
     else:
         names = [s.name for s in model_specs(cfg.model_set) if s.name != student]
     if student in names:
@@ -119,7 +122,7 @@ def run(cfg: DictConfig) -> dict:
     summary = {"student": student, "reference": ref_text, "teachers": teachers, "seeds": seeds,
                "model_keys": {n: models.key(i) for i, n in enumerate(teachers)},
                "alpha": float(params.alpha), "temperature": float(params.temperature), "mode": str(params.mode),
-               "baseline_accuracy": baseline, "student_accuracy": accs, "runs": infos,
+               "baseline_accuracy": baseline, "student_accuracy": accs, "runs": infos, "dataset_notes": data.notes,
                "sat_source": str(params.sat_matrix) if given is not None else "computed (records cache)",
                "gain_ci": "paired t-interval over seeds (95%)", "rho_ci": "percentile bootstrap over teachers (95%)"}
     return write_results(cfg, out, timings, tracker, results_table(teachers, sat, teacher_acc, accs, baseline), summary)
@@ -175,7 +178,7 @@ def _given_matrix(path, needed: list[str]):
     """`distill.sat_matrix` read and checked to hold every teacher and the reference; None when not given."""
     if not path:
         return None
-    given = read_matrix(path, symmetric_tol=1e-6)
+    given = read_matrix(path, symmetric_tol=1e-6, sat=True)
     missing = [n for n in needed if n not in given[0]]
     if missing:
         raise SatlabError(f"distill.sat_matrix lacks {', '.join(missing)}; give a matrix with every teacher "

@@ -71,7 +71,7 @@ def matrix_source(cfg: DictConfig, names: list[str], out: Path, models: Any = No
 
 def load_sat(path: Path, names: list[str], tol: float) -> np.ndarray:
     """The symmetrised SAT matrix of `names` (in that order) from a matrix that must contain all of them."""
-    sat_names, sat = read_matrix(path, symmetric_tol=tol)
+    sat_names, sat = read_matrix(path, symmetric_tol=tol, sat=True)
     missing = [n for n in names if n not in sat_names]
     if missing:
         raise SatlabError(f"SAT matrix '{path}' lacks {len(missing)} model(s) of the model set: "
@@ -134,7 +134,7 @@ def run(cfg: DictConfig) -> dict:
             "combine": rule, "sat_source": str(matrix_path)}
     extra = {"models": names, "model_keys": dict(zip(names, models.keys())), "samples": len(preds.labels),
              "combine": rule, "sat_matrix": str(Path(matrix_path).resolve()), "sat_computed_here": "sat" in timings,
-             "records_context": context, "team_sizes": sizes, "strategies": strategies,
+             "records_context": context, "team_sizes": sizes, "strategies": strategies, "dataset_notes": data.notes,
              "accuracy": dict(zip(names, np.round(scorer.accuracy, 4).tolist())),
              "forward_passes": {"computed": preds.computed, "reused": preds.reused, "data_key": preds.data_key}}
     return write_outputs(cfg, out, timings, info, extra, table, pair_table, stats, teams)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from satlab.analysis.plots import plot_sat_heatmap
 from satlab.analysis.structure import Structure, structure
@@ -24,7 +24,8 @@ from satlab.sat.assemble import assemble_records
 from satlab.sat.engine import check_budget, compute_records
 from satlab.sat.records import Records, save_records, write_matrix
 from satlab.sat.schedule import Tile, job_tile, parse_budget, tile_list
-from satlab.tasks.common import build, eval_data, open_models, output_dir, trainer_config, write_summary
+from satlab.tasks.common import (build, eval_data, open_models, output_dir, short_classes, trainer_config,
+                                 write_summary)
 from satlab.tasks.tracking import start_tracking
 from satlab.utils import SatlabError, check_writable_dir, plain, write_csv
 
@@ -42,6 +43,7 @@ def run(cfg: DictConfig) -> dict:
     attack = build(cfg, "attack")
     start = time.perf_counter()
     data = eval_data(cfg, attack)
+    asked = OmegaConf.select(cfg, "dataset.samples_per_class", default=None)
     timings = {"data": time.perf_counter() - start}
     log.info("attack %s", attack.summary())  # the budget used; attack.notes say what was adjusted
     start = time.perf_counter()
@@ -66,15 +68,17 @@ def run(cfg: DictConfig) -> dict:
                 "completed_sources": result.completed, "records_context": result.context,
                 "target_blocks": result.blocks, "cache_disk_mib": round(result.disk_bytes / 2**20, 2)}
     if result.records is None:  # a tile: its rows are in the cache
+        progress["dataset_notes"] = data.notes
         return tile_done(cfg, out, tracker, timings, tile, progress)  # type: ignore[arg-type]
 
     tick = time.perf_counter()
     results = write_map(out, result.records, models, float(params.eps_s), int(params.n_bootstrap), int(cfg.seed),
-                        map_title(str(cfg.model_set.name), data.name, attack, len(result.records.sample_ids)))
+                        map_title(str(cfg.model_set.name), data.name, attack, len(result.records.sample_ids)),
+                        more_images=asked is not None and short_classes(data, asked) is None)
     timings["outputs"] = time.perf_counter() - tick
     summary = {**results.summary(models, keys), "attack": attack.describe(), "attack_notes": list(attack.notes),
                "bootstrap_ci": {"n_boot": int(params.n_bootstrap), "seed": int(cfg.seed), "level": 0.95},
-               "assembled": assemble, **progress}
+               "assembled": assemble, "dataset_notes": data.notes, **progress}
     write_summary(out, cfg, timings, **summary)
     results.track(tracker, out, timings, attack.notes)
     if params.print_table:
@@ -133,16 +137,19 @@ def model_specs_names(cfg: DictConfig) -> list[str]:
 class MapResults:
     """A map's derived tables (matrix, rates, per-pair CIs, per-model table, structure), from its records."""
 
-    def __init__(self, records: Records, models: ModelSet, eps_s: float, n_boot: int, seed: int) -> None:
+    def __init__(self, records: Records, models: ModelSet, eps_s: float, n_boot: int, seed: int,
+                 more_images: bool = True) -> None:
         self.records, self.names = records, records.models
         with warnings.catch_warnings(record=True):  # said below in plain words, without Python's source line
             warnings.simplefilter("always", RuntimeWarning)
             self.sat = metric.sat_matrix(records.correct, records.fooled, eps_s)
         empty = int(np.triu(metric.joint_correct(records.correct) == 0, 1).sum())
         if empty:
+            more = ("more images (dataset.samples_per_class)" if more_images else
+                    "more images in the dataset (raising dataset.samples_per_class adds none)")
             log.warning("%d of %d model pair(s) have no image both models classify correctly (empty X_AB): their SAT "
-                        "is NaN and the analyses leave them out; more images (dataset.samples_per_class) or more "
-                        "accurate models give them a value", empty, len(self.names) * (len(self.names) - 1) // 2)
+                        "is NaN and the analyses leave them out; %s or more accurate models give them a value",
+                        empty, len(self.names) * (len(self.names) - 1) // 2, more)
         self.rates = metric.transfer_rates(records.correct, records.fooled)
         self.table = models_table(models, records.correct, np.diagonal(self.rates))
         self.pairs = pd.DataFrame(metric.pair_table(self.names, records.correct, records.fooled, eps_s,
@@ -202,9 +209,10 @@ class MapResults:
 
 
 def write_map(out: Path, records: Records, models: ModelSet, eps_s: float, n_boot: int, seed: int,
-              title: str) -> MapResults:
-    """Derive the map's tables from `records` and write them (records.npz, matrices, CSVs, heatmap)."""
-    results = MapResults(records, models, eps_s, n_boot, seed)
+              title: str, more_images: bool = True) -> MapResults:
+    """Derive the map's tables from `records` and write them (records.npz, matrices, CSVs, heatmap);
+    `more_images` False: the dataset has no more images to give (its closing advice says so)."""
+    results = MapResults(records, models, eps_s, n_boot, seed, more_images)
     save_records(out / "records.npz", records)
     write_matrix(out / "sat_matrix.csv", results.names, results.sat)
     write_matrix(out / "transfer_rates.csv", results.names, results.rates)

@@ -66,7 +66,7 @@ def run(cfg: DictConfig) -> dict:
         print(f"{spec.name}: test accuracy {info['test_accuracy']:.3f}" + (" (cached)" if info["cached"] else ""))
     write_manifest(out / MANIFEST, data, data_fingerprint(data.train), mode, trained)
     write_csv(out / "train_results.csv", pd.DataFrame(rows))
-    summary = {"mode": mode, "dataset": data.name, "models": trained}
+    summary = {"mode": mode, "dataset": data.name, "models": trained, "dataset_notes": data.notes}
     write_summary(out, cfg, {"sources_and_training": time.perf_counter() - start}, **summary)
     print(f"trained models in {out}; use them with: task=sat model_set.trained_from={out}")
     return summary

@@ -49,7 +49,38 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     path = path / MANIFEST if path.is_dir() else path
     if not path.is_file():
         raise SatlabError(f"model_set.trained_from: '{path}' not found; point it at the run dir of a task=train run")
-    return json.loads(path.read_text())
+    fix = "point model_set.trained_from at the run dir of a finished task=train run, or rerun task=train"
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:  # not JSON, cut short, not text
+        raise SatlabError(f"model_set.trained_from: '{path}' is not a readable manifest ({err}); {fix}") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise SatlabError(f"model_set.trained_from: '{path}' is not a task=train manifest ({problem}); {fix}")
+    return manifest
+
+
+MANIFEST_KEYS = {"dataset": str, "num_classes": int, "resolution": int, "models": dict}
+ENTRY_KEYS = ("weights", "fingerprint", "input_size")
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What a parsed manifest lacks (`write_manifest`'s keys, each model's weights, fingerprint and input size),
+    or None when it has them all."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        return f"no {', '.join(missing)}"
+    wrong = [k for k, kind in MANIFEST_KEYS.items()
+             if not isinstance(manifest[k], kind) or isinstance(manifest[k], bool)]
+    if wrong:
+        return f"{', '.join(wrong)} of the wrong type"
+    for name, entry in manifest["models"].items():
+        lacking = [k for k in ENTRY_KEYS if not isinstance(entry, dict) or k not in entry]
+        if lacking:
+            return f"model '{name}' has no {', '.join(lacking)}"
+    return None
 
 
 class TrainedSource:
