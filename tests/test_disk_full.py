@@ -84,3 +84,14 @@ def test_memory_mapped_images_reserve_their_blocks_first(small_disk):
                 images[:] = 255  # without the reservation this write would die of SIGBUS
         store.close()
         assert debris(small_disk) == []
+
+
+def test_a_full_output_disk_is_one_line_before_any_work(small_disk, tmp_path, satlab_in_process):
+    fill(small_disk, 8192)
+    done = satlab_in_process([*FAST, "model_set=timm_tiny", f"paths.output_dir={small_disk / 'out'}",
+                              f"paths.cache_dir={tmp_path / 'cache'}", "hydra.run.dir=run"], tmp_path)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("satlab: error:")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-2000:]
+    assert errors[0].startswith("satlab: error: the run's results: no space left on the device of")
+    assert "paths.output_dir" in errors[0] and not (tmp_path / "cache" / "records").exists()  # no model work
+    assert debris(small_disk) == []

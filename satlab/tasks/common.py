@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from satlab.schema import Key, fail, one_line
-from satlab.utils import SatlabError, check_writable_dir, stable_hash, write_json
+from satlab.utils import SatlabError, check_free_space, check_writable_dir, stable_hash, write_json
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,17 @@ _PACKAGES = ("satlab", "torch", "torchvision", "timm", "pytorch-lightning", "hyd
              "numpy", "scikit-learn", "wandb")
 
 
+RESULTS_ROOM = 2**20  # the least free space a run's folder needs for its results (tables, figures, summary)
+
+
 def output_dir(cfg: DictConfig) -> Path:
     """The run's output folder (Hydra's run dir unless `paths.output_dir` is overridden); created if missing, else
     one SatlabError (a file, a place that cannot be written, an empty value)."""
     raw = str(cfg.paths.output_dir)
     fail("paths.output_dir", raw, Key("path", note="is a shell variable unset? left out, it is the run folder"))
-    return check_writable_dir(raw, "paths.output_dir")
+    folder = check_writable_dir(raw, "paths.output_dir")
+    check_free_space(folder, RESULTS_ROOM, "the run's results", "paths.output_dir")  # before the work, not after
+    return folder
 
 
 def build(cfg: DictConfig, group: str) -> Any:
