@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import uuid
 import warnings
@@ -214,6 +215,11 @@ def _hydra_message(err: BaseException) -> str:
     if isinstance(err, OverrideParseException):
         return _quote_hint(err)
     text = _one_line(str(err))
+    launcher = re.search(r"Could not find 'hydra/launcher/(submitit_\w+)'", text)
+    if launcher:  # the launcher ships in an extra: `make demo` installs satlab without it
+        return (f"hydra/launcher={launcher.group(1)} is Hydra's submitit launcher, which is not installed; install "
+                "satlab's slurm extra: pip install -e '.[slurm]' in the clone (after make demo: "
+                ".venv/bin/pip install -e '.[slurm]')")
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException):
         first = _one_line(str(cause).splitlines()[0] if str(cause) else "")
@@ -262,6 +268,37 @@ def _run_dir_message(err: OSError) -> str | None:
     key = "hydra.sweep.dir" if sweeping else "hydra.run.dir"
     path = f" '{err.filename}'" if err.filename else ""
     return f"cannot create the run folder{path} ({err.strerror or err}); set {key}=<a writable folder>"
+
+
+def _launch_message(err: BaseException) -> str | None:
+    """The one line for a sweep whose jobs submitit could not hand to SLURM (no `srun`/`sbatch` on this machine, or
+    no controller `sbatch` can reach), else None: the error must come from submitit's own code."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = Path(tb.tb_frame.f_code.co_filename).parts if tb is not None else ()
+    if "submitit" not in where or not isinstance(err, (RuntimeError, OSError)):  # FailedJobError: a RuntimeError
+        return None
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    reason = re.sub(r"^sbatch:\s*", "", lines[-1]) if lines else type(err).__name__
+    return (f"hydra/launcher=submitit_slurm could not submit the jobs ({reason}); it needs a SLURM cluster: run "
+            "the command where sbatch reaches the cluster's controller (a login node), or use "
+            "hydra/launcher=submitit_local or no launcher on this machine")
+
+
+def _discard_sweep_dir(path: Path | None) -> None:
+    """After a sweep that never started a job: remove what Hydra and submitit wrote into its folder (multirun.yaml,
+    .submitit/); the folder if empty."""
+    import shutil
+
+    if path is None or not path.is_dir():
+        return
+    shutil.rmtree(path / ".submitit", ignore_errors=True)
+    (path / "multirun.yaml").unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def _finish_sweep() -> int:
@@ -315,16 +352,24 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"satlab: error: {_hydra_message(err)}", file=sys.stderr)
         sys.exit(2)
-    except OSError as err:  # Hydra could not create the run folder (before any job started)
-        message = None if _SESSION.entered else _run_dir_message(err)
+    except OSError as err:  # Hydra could not create the run folder, or no sbatch (before any job started)
+        message = None if _SESSION.entered else _run_dir_message(err) or _launch_message(err)
         if message is None:
             raise
+        _discard_sweep_dir(SweepCallback.started)
         print(f"satlab: error: {message}", file=sys.stderr)
         sys.exit(2)
     except ValueError as err:  # Hydra's flags that exclude each other (-m with --cfg, ...)
         if _SESSION.entered or not str(err).startswith("Only one of"):
             raise
         print(f"satlab: error: {_one_line(str(err))}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:  # noqa: BLE001 - submitit could not reach SLURM: one line; anything else is raised
+        message = None if _SESSION.entered else _launch_message(err)
+        if message is None:
+            raise
+        _discard_sweep_dir(SweepCallback.started)
+        print(f"satlab: error: {message}", file=sys.stderr)
         sys.exit(2)
     status = _finish_sweep()
     if status:
