@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"satlab: error: {_one_line(str(err))}", file=sys.stderr)
         sys.exit(2)
-    except Exception as err:  # noqa: BLE001 - submitit could not reach SLURM: one line; anything else is raised
+    except RuntimeError as err:  # submitit found no SLURM (no srun, sbatch failed): one line; others are raised
         message = None if _SESSION.entered else _launch_message(err)
         if message is None:
             raise

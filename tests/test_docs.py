@@ -5,7 +5,9 @@ every inline code span that runs `satlab` is parsed like a shell (shlex) and com
 against `conf/` (plus the folder of `--config-dir`). Placeholders (`<run>`, `...`) become a dummy path; `hydra.*`
 and `hydra/...` overrides (launcher, run folder) are dropped; `--help`, `--cfg` and the like are dropped; a sweep
 (`-m`) composes each option of a swept config group and the first value of any other swept key.
-docs/bad-input.md is left out: its commands are wrong on purpose, and tests/test_bad_input.py runs them.
+docs/bad-input.md is left out: its commands are wrong on purpose, and tests/test_bad_input.py runs them. Each
+command keeps its marking (`# needs: ...`, `Command.needs`): tests/test_docs_run.py runs the README's commands and
+checks that each marked one fails fast saying what it needs.
 
 Links: every relative link and image in those files must reach a file or folder, and an anchor (`#...`) a heading
 of the target, slugged as GitHub does.
