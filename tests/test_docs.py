@@ -109,6 +109,11 @@ class Command:
     args: tuple[str, ...]
     needs: tuple[str, ...] = ()  # what it needs beyond a fresh clone (its `needs:` marking)
 
+    @property
+    def text(self) -> str:
+        """The arguments as one string (how tests key a command)."""
+        return " ".join(self.args)
+
 
 def _collect() -> list[Command]:
     seen, commands = set(), []
