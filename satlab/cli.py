@@ -272,33 +272,44 @@ def _run_dir_message(err: OSError) -> str | None:
 
 def _launch_message(err: BaseException) -> str | None:
     """The one line for a sweep whose jobs submitit could not hand to SLURM (no `srun`/`sbatch` on this machine, or
-    no controller `sbatch` can reach), else None: the error must come from submitit's own code."""
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
+    no controller `sbatch` can reach), else None: the error must come through submitit's own code."""
+    frames, tb = [], err.__traceback__
+    while tb is not None:
+        frames.append(Path(tb.tb_frame.f_code.co_filename).parts)
         tb = tb.tb_next
-    where = Path(tb.tb_frame.f_code.co_filename).parts if tb is not None else ()
-    if "submitit" not in where or not isinstance(err, (RuntimeError, OSError)):  # FailedJobError: a RuntimeError
+    if not any("submitit" in parts for parts in frames) or not isinstance(err, (RuntimeError, OSError)):
         return None
+    no_sbatch = isinstance(err, FileNotFoundError) and Path(str(err.filename or "")).name == "sbatch"
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    reason = re.sub(r"^sbatch:\s*", "", lines[-1]) if lines else type(err).__name__
+    reason = "no sbatch on PATH" if no_sbatch else re.sub(r"^sbatch:\s*", "", lines[-1]) if lines else \
+        type(err).__name__
     return (f"hydra/launcher=submitit_slurm could not submit the jobs ({reason}); it needs a SLURM cluster: run "
             "the command where sbatch reaches the cluster's controller (a login node), or use "
             "hydra/launcher=submitit_local or no launcher on this machine")
 
 
-def _discard_sweep_dir(path: Path | None) -> None:
-    """After a sweep that never started a job: remove what Hydra and submitit wrote into its folder (multirun.yaml,
-    .submitit/); the folder if empty."""
-    import shutil
-
-    if path is None or not path.is_dir():
+def _launch_failed(err: BaseException) -> None:
+    """When submitit could not hand a sweep to SLURM before any job ran: remove what the launch wrote into the
+    sweep folder (submitit's pickles and sbatch scripts; multirun.yaml and the folder when nothing else is there),
+    print the one line and exit with status 2. Otherwise return (the caller raises)."""
+    message = None if _SESSION.entered else _launch_message(err)
+    if message is None:
         return
-    shutil.rmtree(path / ".submitit", ignore_errors=True)
-    (path / "multirun.yaml").unlink(missing_ok=True)
-    try:
-        path.rmdir()
-    except OSError:
-        pass
+    from satlab.tasks.sweep import SweepCallback
+
+    sweep = SweepCallback.started
+    if sweep is not None and sweep.is_dir():
+        submitit = sweep / ".submitit"
+        for item in submitit.iterdir() if submitit.is_dir() else []:
+            if item.is_file():  # this launch's files; the folders of jobs submitted earlier stay
+                item.unlink()
+        if submitit.is_dir() and not any(submitit.iterdir()):
+            submitit.rmdir()
+        if [p.name for p in sweep.iterdir()] == ["multirun.yaml"]:
+            (sweep / "multirun.yaml").unlink()
+            sweep.rmdir()
+    print(f"satlab: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _finish_sweep() -> int:
@@ -352,11 +363,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"satlab: error: {_hydra_message(err)}", file=sys.stderr)
         sys.exit(2)
-    except OSError as err:  # Hydra could not create the run folder, or no sbatch (before any job started)
-        message = None if _SESSION.entered else _run_dir_message(err) or _launch_message(err)
+    except OSError as err:  # no sbatch, or Hydra could not create the run folder (before any job started)
+        _launch_failed(err)
+        message = None if _SESSION.entered else _run_dir_message(err)
         if message is None:
             raise
-        _discard_sweep_dir(SweepCallback.started)
         print(f"satlab: error: {message}", file=sys.stderr)
         sys.exit(2)
     except ValueError as err:  # Hydra's flags that exclude each other (-m with --cfg, ...)
@@ -365,12 +376,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"satlab: error: {_one_line(str(err))}", file=sys.stderr)
         sys.exit(2)
     except RuntimeError as err:  # submitit found no SLURM (no srun, sbatch failed): one line; others are raised
-        message = None if _SESSION.entered else _launch_message(err)
-        if message is None:
-            raise
-        _discard_sweep_dir(SweepCallback.started)
-        print(f"satlab: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        _launch_failed(err)
+        raise
     status = _finish_sweep()
     if status:
         sys.exit(status)

@@ -308,18 +308,20 @@ def test_a_missing_submitit_launcher_names_the_extra(tmp_path, monkeypatch, satl
 
 @pytest.mark.parametrize("sbatch, reason", [
     (None, 'Could not detect "srun", are you indeed on a slurm cluster?'),
+    ("", "no sbatch on PATH"),
     ("echo 'sbatch: error: Unable to contact slurm controller (connect failure)' >&2; exit 1",
      "error: Unable to contact slurm controller (connect failure)"),
 ])
 def test_a_sweep_slurm_cannot_take_is_one_line(sbatch, reason, tmp_path, monkeypatch, satlab_in_process):
-    """The README's cluster line on a machine without SLURM (no srun/sbatch), or where sbatch reaches no controller
-    (a fake sbatch here): one line naming the reason and what the launcher needs, exit 2, the sweep folder removed."""
+    """The README's cluster line on a machine without SLURM (no srun; srun but no sbatch), or where sbatch reaches
+    no controller (a fake sbatch here): one line naming the reason and what the launcher needs, exit 2, the sweep
+    folder removed."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    if sbatch is not None:
-        for tool, body in (("srun", "exit 0"), ("sbatch", sbatch)):
-            (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
-            (bin_dir / tool).chmod(0o755)
+    tools = {} if sbatch is None else {"srun": "exit 0", "sbatch": sbatch} if sbatch else {"srun": "exit 0"}
+    for tool, body in tools.items():
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
     work = tmp_path / "work"
     work.mkdir()
     result = satlab_in_process(["-m", "experiment=smoke", f"paths.cache_dir={tmp_path / 'cache'}",
@@ -330,4 +332,4 @@ def test_a_sweep_slurm_cannot_take_is_one_line(sbatch, reason, tmp_path, monkeyp
         f"satlab: error: hydra/launcher=submitit_slurm could not submit the jobs ({reason}); it needs a SLURM "
         "cluster: run the command where sbatch reaches the cluster's controller (a login node), or use "
         "hydra/launcher=submitit_local or no launcher on this machine"]
-    assert [p for p in work.rglob("*") if p.is_file()] == []
+    assert [p for p in work.rglob("*") if p.is_file()] == [] and list((work / "multirun" / "sat").iterdir()) == []
