@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import uuid
 import warnings
@@ -215,6 +216,11 @@ def _hydra_message(err: BaseException) -> str:
     if isinstance(err, OverrideParseException):
         return _quote_hint(err)
     text = _one_line(str(err))
+    launcher = re.search(r"Could not find 'hydra/launcher/(submitit_\w+)'", text)
+    if launcher:  # the launcher ships in an extra: `make demo` installs satlab without it
+        return (f"hydra/launcher={launcher.group(1)} is Hydra's submitit launcher, which is not installed; install "
+                "satlab's slurm extra: pip install -e '.[slurm]' in the clone (after make demo: "
+                ".venv/bin/pip install -e '.[slurm]')")
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException):
         first = _one_line(str(cause).splitlines()[0] if str(cause) else "")
@@ -274,6 +280,48 @@ def _run_dir_message(err: OSError) -> str | None:
     return f"cannot create the run folder{path} ({err.strerror or err}); set {key}=<a writable folder>"
 
 
+def _launch_message(err: BaseException) -> str | None:
+    """The one line for a sweep whose jobs submitit could not hand to SLURM (no `srun`/`sbatch` on this machine, or
+    no controller `sbatch` can reach), else None: the error must come through submitit's own code."""
+    frames, tb = [], err.__traceback__
+    while tb is not None:
+        frames.append(Path(tb.tb_frame.f_code.co_filename).parts)
+        tb = tb.tb_next
+    if not any("submitit" in parts for parts in frames) or not isinstance(err, (RuntimeError, OSError)):
+        return None
+    no_sbatch = isinstance(err, FileNotFoundError) and Path(str(err.filename or "")).name == "sbatch"
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    reason = "no sbatch on PATH" if no_sbatch else re.sub(r"^sbatch:\s*", "", lines[-1]) if lines else \
+        type(err).__name__
+    return (f"hydra/launcher=submitit_slurm could not submit the jobs ({reason}); it needs a SLURM cluster: run "
+            "the command where sbatch reaches the cluster's controller (a login node), or use "
+            "hydra/launcher=submitit_local or no launcher on this machine")
+
+
+def _launch_failed(err: BaseException) -> None:
+    """When submitit could not hand a sweep to SLURM before any job ran: remove what the launch wrote into the
+    sweep folder (submitit's pickles and sbatch scripts; multirun.yaml and the folder when nothing else is there),
+    print the one line and exit with status 2. Otherwise return (the caller raises)."""
+    message = None if _SESSION.entered else _launch_message(err)
+    if message is None:
+        return
+    from satlab.tasks.sweep import SweepCallback
+
+    sweep = SweepCallback.started
+    if sweep is not None and sweep.is_dir():
+        submitit = sweep / ".submitit"
+        for item in submitit.iterdir() if submitit.is_dir() else []:
+            if item.is_file():  # this launch's files; the folders of jobs submitted earlier stay
+                item.unlink()
+        if submitit.is_dir() and not any(submitit.iterdir()):
+            submitit.rmdir()
+        if [p.name for p in sweep.iterdir()] == ["multirun.yaml"]:
+            (sweep / "multirun.yaml").unlink()
+            sweep.rmdir()
+    print(f"satlab: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def _finish_sweep() -> int:
     """At the end of a sweep: rebuild its overview, print where it is and which jobs failed; the exit status (0
     none failed, 2 bad input only, 1 a crash). Jobs that ran in other processes are read from their folders."""
@@ -325,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"satlab: error: {_hydra_message(err)}", file=sys.stderr)
         sys.exit(2)
-    except OSError as err:  # Hydra could not create the run folder (before any job started)
+    except OSError as err:  # no sbatch, or Hydra could not create the run folder (before any job started)
+        _launch_failed(err)
         message = None if _SESSION.entered else _run_dir_message(err)
         if message is None:
             raise
@@ -341,6 +390,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"satlab: error: {_one_line(str(err))}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as err:  # submitit found no SLURM (no srun, sbatch failed): one line; others are raised
+        _launch_failed(err)
+        raise
     status = _finish_sweep()
     if status:
         sys.exit(status)

@@ -280,3 +280,56 @@ def test_a_value_hydra_cannot_read_gets_the_quoting_hint(value, why, tmp_path, m
     assert not (tmp_path / "run").exists()
     quoted = compose_cfg(["dataset=imagefolder", f'dataset.root="{value}"'], tmp_path)
     assert quoted.dataset.root == value
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("satlab: error:")]
+
+
+def test_a_missing_submitit_launcher_names_the_extra(tmp_path, monkeypatch, satlab_in_process):
+    """`hydra/launcher=submitit_slurm` without the slurm extra (as after `make demo`): one line saying what to
+    install, exit 2, nothing written. The launcher's configs are removed from Hydra's store for the test, as when
+    the plugin is not installed."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # Hydra's plugin scan (once per process) registers the launcher configs removed below
+    launchers = ConfigStore.instance().repo["hydra"]["launcher"]
+    for name in [n for n in launchers if n.startswith("submitit")]:
+        monkeypatch.delitem(launchers, name)
+    result = satlab_in_process(["-m", "experiment=smoke", "hydra/launcher=submitit_slurm"], tmp_path)
+    assert result.returncode == 2
+    assert _error_lines(result.stderr) == [
+        "satlab: error: hydra/launcher=submitit_slurm is Hydra's submitit launcher, which is not installed; install "
+        "satlab's slurm extra: pip install -e '.[slurm]' in the clone (after make demo: "
+        ".venv/bin/pip install -e '.[slurm]')"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sbatch, reason", [
+    (None, 'Could not detect "srun", are you indeed on a slurm cluster?'),
+    ("", "no sbatch on PATH"),
+    ("echo 'sbatch: error: Unable to contact slurm controller (connect failure)' >&2; exit 1",
+     "error: Unable to contact slurm controller (connect failure)"),
+])
+def test_a_sweep_slurm_cannot_take_is_one_line(sbatch, reason, tmp_path, monkeypatch, satlab_in_process):
+    """The README's cluster line on a machine without SLURM (no srun; srun but no sbatch), or where sbatch reaches
+    no controller (a fake sbatch here): one line naming the reason and what the launcher needs, exit 2, the sweep
+    folder removed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tools = {} if sbatch is None else {"srun": "exit 0", "sbatch": sbatch} if sbatch else {"srun": "exit 0"}
+    for tool, body in tools.items():
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = satlab_in_process(["-m", "experiment=smoke", f"paths.cache_dir={tmp_path / 'cache'}",
+                                "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu"], work,
+                               env={"PATH": str(bin_dir)})
+    assert result.returncode == 2, result.stderr
+    assert _error_lines(result.stderr) == [
+        f"satlab: error: hydra/launcher=submitit_slurm could not submit the jobs ({reason}); it needs a SLURM "
+        "cluster: run the command where sbatch reaches the cluster's controller (a login node), or use "
+        "hydra/launcher=submitit_local or no launcher on this machine"]
+    assert [p for p in work.rglob("*") if p.is_file()] == [] and list((work / "multirun" / "sat").iterdir()) == []

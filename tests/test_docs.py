@@ -5,7 +5,9 @@ every inline code span that runs `satlab` is parsed like a shell (shlex) and com
 against `conf/` (plus the folder of `--config-dir`). Placeholders (`<run>`, `...`) become a dummy path; `hydra.*`
 and `hydra/...` overrides (launcher, run folder) are dropped; `--help`, `--cfg` and the like are dropped; a sweep
 (`-m`) composes each option of a swept config group and the first value of any other swept key.
-docs/bad-input.md is left out: its commands are wrong on purpose, and tests/test_bad_input.py runs them.
+docs/bad-input.md is left out: its commands are wrong on purpose, and tests/test_bad_input.py runs them. Each
+command keeps its marking (`# needs: ...`, `Command.needs`): tests/test_docs_run.py runs the README's commands and
+checks that each marked one fails fast saying what it needs.
 
 Links: every relative link and image in those files must reach a file or folder, and an anchor (`#...`) a heading
 of the target, slugged as GitHub does.
@@ -43,9 +45,21 @@ def rel(path: Path) -> str:
 # --- commands ----------------------------------------------------------------------------------------------------
 
 
+NEEDS_COMMENT = re.compile(r"#[^#]*\bneeds:\s*([^#]+)$")
+NEEDS_AFTER_SPAN = re.compile(r"^\s*\(needs:\s*([^)]+)\)")
+
+
+def needs_of(text: str) -> tuple[str, ...]:
+    """What a quoted command needs beyond a fresh clone, from its marking: a shell line's trailing comment
+    `# ... needs: ImageNet, pretrained weights`, or the `(needs: ...)` right after an inline code span."""
+    code, _, prose = text.partition("\n")  # an inline span: the span, then the prose after it
+    found = NEEDS_AFTER_SPAN.search(prose) if prose else NEEDS_COMMENT.search(code)
+    return tuple(item.strip() for item in found.group(1).split(",") if item.strip()) if found else ()
+
+
 def _code_lines(text: str) -> list[tuple[int, str]]:
     """(line number, line) of shell code (fenced blocks other than python/yaml/..., indented blocks), continuation
-    lines joined; inline code spans too."""
+    lines joined; inline code spans too, each followed by the prose after it on its line (for its marking)."""
     found, in_fence, shell, pending, start = [], False, False, "", 0
     for number, line in enumerate(text.splitlines(), 1):
         if FENCE.match(line):
@@ -61,13 +75,14 @@ def _code_lines(text: str) -> list[tuple[int, str]]:
             found.append((start, pending + line))
             pending = ""
         elif not in_fence:
-            found.extend((number, span) for span in INLINE.findall(line) if span.lstrip().startswith("satlab "))
+            found.extend((number, f"{span.group(1)}\n{line[span.end():]}") for span in INLINE.finditer(line)
+                         if span.group(1).lstrip().startswith("satlab "))
     return found
 
 
 def _commands(line: str) -> list[list[str]]:
     """The argument lists of every `satlab` command on one shell line (after `;`, `&&`, `|`, env assignments)."""
-    line = re.sub(r"^\s*\$ ", "", line)
+    line = re.sub(r"^\s*\$ ", "", line.split("\n")[0])  # an inline span: the prose after it is not code
     lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
     lexer.whitespace_split = True
     lexer.commenters = "#"
@@ -92,6 +107,12 @@ def _commands(line: str) -> list[list[str]]:
 class Command:
     where: str
     args: tuple[str, ...]
+    needs: tuple[str, ...] = ()  # what it needs beyond a fresh clone (its `needs:` marking)
+
+    @property
+    def text(self) -> str:
+        """The arguments as one string (how tests key a command)."""
+        return " ".join(self.args)
 
 
 def _collect() -> list[Command]:
@@ -103,7 +124,7 @@ def _collect() -> list[Command]:
             for args in _commands(line):
                 if tuple(args) not in seen:
                     seen.add(tuple(args))
-                    commands.append(Command(f"{rel(page)}:{number}", tuple(args)))
+                    commands.append(Command(f"{rel(page)}:{number}", tuple(args), needs_of(line)))
     return commands
 
 

@@ -195,8 +195,9 @@ class TinyPhotos(tvd.VisionDataset):
 
     classes = ["red", "green", "blue"]
 
-    def __init__(self, root, split="train", transform=None, target_transform=None, download=False):
+    def __init__(self, root, split="train", transform=None, target_transform=None, download=False, shade=40):
         super().__init__(root, transform=transform, target_transform=target_transform)
+        self.shade = shade
         self.split = verify_str_arg(split, "split", ("train", "val"))
         if not (Path(root) / "tiny_photos").is_dir():
             raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
@@ -207,7 +208,7 @@ class TinyPhotos(tvd.VisionDataset):
 
     def __getitem__(self, i):
         pixels = np.zeros((24, 40, 3), dtype=np.uint8)
-        pixels[..., self._labels[i]] = 40 * (i + 1)
+        pixels[..., self._labels[i]] = self.shade * (i + 1)
         return Image.fromarray(pixels), self._labels[i]
 
 
@@ -233,6 +234,19 @@ def test_other_classes_go_through_torchvision(tiny_photos: Path) -> None:
     (tiny_photos / "tiny_photos").rmdir()
     with pytest.raises(SatlabError, match="TinyPhotos found no usable val split under .*Dataset not found"):
         torchvision_dataset(str(tiny_photos), "TinyPhotos", split="val")
+
+
+@pytest.mark.parametrize("override", ["dataset.kwargs={shade: 20}", "+dataset.kwargs={shade: 20}",
+                                      "++dataset.kwargs.shade=20"])
+def test_kwargs_override_as_documented(override: str, conf_dir: Path, tiny_photos: Path) -> None:
+    """`'dataset.kwargs={split: balanced}'` (docs/datasets.md, the EMNIST hint) composes: kwargs defaults to null, so
+    the plain form sets it (an empty mapping would refuse every key in Hydra's struct mode); `+`/`++` work too."""
+    data = load(conf_dir, "dataset.name=TinyPhotos", f"dataset.root={tiny_photos}", "dataset.split=val",
+                "dataset.samples_per_class=null", "dataset.resolution=16", override)
+    assert data.eval[4][0][1].max() == pytest.approx(100 / 255)  # shade 20 x 5, not the default 40 x 5
+    assert load(conf_dir, "dataset.name=TinyPhotos", f"dataset.root={tiny_photos}", "dataset.split=val",
+                "dataset.samples_per_class=null", "dataset.resolution=16").eval[4][0][1].max() == \
+        pytest.approx(200 / 255)
 
 
 # ---------------------------------------------------------------- download only when asked
