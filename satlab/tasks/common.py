@@ -61,6 +61,20 @@ def eval_data(cfg: DictConfig, attack: Any = None) -> Any:
     return data
 
 
+def decode_eval(data: Any, cache_dir: str | Path | None, workers: Any = None) -> None:
+    """The evaluation images decoded once, in parallel, before any model work (`satlab.data.pixels`), and kept for
+    every later pass of the task: in `cache_dir` (so later runs decode nothing), else in memory.
+
+    Args:
+        data: the task's DatasetSplits (its `eval` split is decoded).
+        cache_dir: the cache folder (paths.cache_dir when the task reuses its caches), or None.
+        workers: decoding threads (sat.num_workers); None: the cores available.
+    """
+    from satlab.data import data_fingerprint
+
+    data_fingerprint(data.eval, None if workers is None else int(workers), cache_dir)
+
+
 def open_models(cfg: DictConfig, data: Any, names: list[str] | None = None, own_heads: bool = False) -> Any:
     """The task's model set (`satlab.train.open_model_set`): `cfg.model_set` for `data`, checked, none built."""
     from satlab.train import open_model_set
