@@ -90,6 +90,15 @@ def decode_rate(data, threads: int, count: int = 200) -> float:
     return count / (time.perf_counter() - start)
 
 
+def small_decode_rate(images: int = 64) -> float:
+    """The decode rate per core (images/s, one thread) on `images` generated JPEGs in a temporary folder."""
+    from satlab.data.folders import imagefolder
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = jpeg_tree(Path(folder), images)
+        return decode_rate(imagefolder(str(root), resize=256, resolution=224).eval, 1, images)
+
+
 def one_map(models, data, attack, device: str, cache: Path | None, workers: int | None, batch: int) -> dict:
     """One engine run; wall time, decodes per image, the waiting share and the records."""
     from satlab.data import data_fingerprint
@@ -113,8 +122,9 @@ def one_map(models, data, attack, device: str, cache: Path | None, workers: int 
 
 
 def section_data_path(images: int, archs: list[str], steps: int, device: str = "cpu", batch: int = 64,
-                      tree: Path | None = None) -> float:
-    """Print the data-path comparison (module docstring); returns the measured decode rate per core (images/s)."""
+                      tree: Path | None = None) -> dict:
+    """Print the data-path comparison (module docstring). Returns {"rate": the decode rate per core (images/s),
+    "today", "new": `one_map`'s results}. An architecture listed twice is two models (named `<arch>_<k>`)."""
     from torch.utils.data import Subset
 
     from satlab.attacks import create_attack
@@ -134,7 +144,9 @@ def section_data_path(images: int, archs: list[str], steps: int, device: str = "
         return imagefolder(str(root), resize=256, resolution=224).eval
 
     def model_set():
-        return ModelSet([TimmSource(ModelSpec(a, a, pretrained=False, input_size=224), 2, 224) for a in archs])
+        names = [a if archs.count(a) == 1 else f"{a}_{k}" for k, a in enumerate(archs)]
+        return ModelSet([TimmSource(ModelSpec(n, a, pretrained=False, input_size=224), 2, 224)
+                         for n, a in zip(names, archs)])
 
     one, every = decode_rate(fresh(), 1), decode_rate(fresh(), cores)
     attack = create_attack("pgd_linf", eps=4 / 255, steps=steps)
@@ -169,7 +181,7 @@ def section_data_path(images: int, archs: list[str], steps: int, device: str = "
     print(f"Decode rate (JPEG -> RGB -> resize 256 -> crop 224 -> uint8, Pillow {__import__('PIL').__version__}): "
           f"{one:.0f} images/s on 1 thread, {every:.0f} images/s on {cores} threads "
           f"({every / one:.2f}x; the machine may be shared).\n")
-    return one
+    return {"rate": one, "today": today, "new": new}
 
 
 def main() -> None:
