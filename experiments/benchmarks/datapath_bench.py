@@ -135,7 +135,7 @@ def section_data_path(images: int, archs: list[str], steps: int, device: str = "
     from satlab.models import ModelSet, TimmSource
     from satlab.models.specs import ModelSpec
 
-    root = jpeg_tree(tree or Path(tempfile.gettempdir()) / "satlab-bench-jpegs", images)
+    root = jpeg_tree(tree or Path(tempfile.gettempdir()) / f"satlab-bench-jpegs-{images}", images)
     files = sorted(root.rglob("*.jpg"))[:images]
     kb = np.mean([f.stat().st_size for f in files]) / 1024
     cores = default_workers()
@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--tree", help="where the generated JPEGs are kept (default: a folder in the temp dir)")
+    parser.add_argument("--tree", help="where the generated JPEGs are kept (default: <temp dir>/satlab-bench-jpegs-N)")
     args = parser.parse_args()
     import torch
 

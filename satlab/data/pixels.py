@@ -80,7 +80,7 @@ class DecodeReport:
     def line(self) -> str:
         done = (f"{self.decodes} image(s) decoded in {self.seconds:.1f} s on {self.workers} thread(s)"
                 if self.decodes else "nothing decoded")
-        return f"evaluation images ({self.images}): {done}; kept in {self.where}" + (
+        return f"images of the data ({self.images}): {done}; kept in {self.where}" + (
             f" ({self.path})" if self.path else "")
 
 
@@ -179,8 +179,8 @@ def decode_pixels(ds: LabeledDataset, cache_dir: str | Path | None, workers: int
         pixels = np.empty(shape, dtype=np.uint8)
         report.where = "memory"
     else:
-        log.info("the evaluation images (%.1f MiB decoded) do not fit in memory and there is no cache folder: "
-                 "they are decoded on access (set paths.cache_dir, sat.resume=true to decode them once)",
+        log.info("the images (%.1f MiB decoded) take more than a quarter of the available memory and no cache folder "
+                 "is given: they are decoded on access (with the records cache on, they are decoded once)",
                  nbytes / 2**20)
     report.decodes = decode_into(pixels, ds, workers, each_chunk)
     report.seconds = time.perf_counter() - start

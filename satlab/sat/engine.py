@@ -40,7 +40,7 @@ from satlab.lightning import build_trainer
 from satlab.models import ModelSet
 from satlab.sat.cache import Row, RowStore, image_dtype
 from satlab.sat.phases import (AdversarialBatches, Batches, CleanPass, EngineProgress, Phase, RankShare, SourcePass,
-                               TargetPass)
+                               TargetPass, engine_time, say_engine_time)
 from satlab.sat.records import Records
 from satlab.sat.schedule import Budget, Plan, Tile, plan_tile, target_blocks, whole_map
 from satlab.utils import SatlabError, plain
@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 # Phase 2 batches hold this many times `batch_size` images: an evaluation keeps no activations for gradients, so
 # it fits larger batches than the attack, and larger batches run faster. Records do not depend on it (tested).
 EVAL_BATCHES = 4
-# A run whose models waited for data more than this fraction of the engine's time is called input-bound.
-INPUT_BOUND = 0.10
 
 
 # --------------------------------------------------------------------------------------------- the trainer
@@ -122,7 +120,7 @@ class EngineResult:
     blocks: int = 0  # phase-2 blocks of targets run
     disk_bytes: int = 0  # the cache files (rows + images) of this map's sources
     seconds: dict[str, float] = field(default_factory=dict)  # "attack <source>", "evaluate <t1,t2,...>": wall time
-    data_path: dict[str, dict[str, Any]] = field(default_factory=dict)  # engine time by phase (`Job.data_path`)
+    data_path: dict[str, dict[str, Any]] = field(default_factory=dict)  # engine time by phase (`engine_time`)
 
 
 class Job:
@@ -173,23 +171,6 @@ class Job:
             total = self.clock.setdefault(kind, {"wait_s": 0.0, "transfer_s": 0.0, "compute_s": 0.0})
             for what, seconds in module.clock.items():
                 total[what] += seconds
-
-    def data_path(self, engine_s: float, decoded_before: bool) -> dict[str, dict[str, Any]]:
-        """summary.json's `engine_time`: the decode pass, then per kind of pass (attack, clean, evaluate) the seconds
-        spent waiting for data, moving it to the device and in the models' steps, and the whole run's waiting share
-        (the decode pass and the waits, over the engine's time plus the decode pass when the task ran it before)."""
-        report = decode_report(self.data)
-        decode_s = report.seconds if report else 0.0
-        engine_s += decode_s if decoded_before else 0.0
-        decode = {"seconds": round(decode_s, 3), "images": len(self.ids),
-                  "decodes": report.decodes if report else 0, "workers": report.workers if report else 0,
-                  "kept_in": report.where if report else "not decoded by the engine (in-memory images)"}
-        phases = {k: {w: round(v, 3) for w, v in c.items()} for k, c in self.clock.items()}
-        waited = decode_s + sum(c["wait_s"] for c in self.clock.values())
-        share = waited / engine_s if engine_s > 0 else 0.0
-        return {"decode": decode, **phases,
-                "total": {"engine_s": round(engine_s, 3), "waiting_for_data_s": round(waited, 3),
-                          "waiting_share": round(share, 4), "input_bound": share > INPUT_BOUND}}
 
     # ---- phase 1
 
@@ -376,7 +357,8 @@ def compute_records(
         store.close()
     result.timings["engine_passes"] = time.perf_counter() - start
     result.seconds = job.seconds
-    result.data_path = job.data_path(result.timings["engine_passes"], decoded_before)
+    result.data_path = engine_time(decode_report(data), job.clock, len(job.ids), result.timings["engine_passes"],
+                                   decoded_before)
     result.disk_bytes = store.disk_bytes(list(work.sources)) if store.keep else 0
     order = {m: i for i, m in enumerate(names)}
     result.computed = sorted(set(result.computed), key=order.__getitem__)
@@ -389,22 +371,8 @@ def compute_records(
                  "%d computed%s; %d block(s) of targets", len(result.reused), Path(cache_dir) / "records",
                  _names(result.reused), len(result.completed), _names(result.completed), len(result.computed),
                  _names(result.computed), result.blocks)
-    say_data_path(result.data_path, num_workers)
+    say_engine_time(result.data_path, num_workers)
     return result
-
-
-def say_data_path(path: dict[str, dict[str, Any]], workers: int) -> None:
-    """The engine's closing line: where its time went, and what to change when the models waited for data."""
-    total, decode = path["total"], path["decode"]
-    steps = sum(c.get("compute_s", 0.0) for k, c in path.items() if k not in ("decode", "total"))
-    line = (f"engine time {total['engine_s']:.1f} s: decode {decode['seconds']:.1f} s ({decode['decodes']} image(s) "
-            f"decoded), models {steps:.1f} s, waiting for data {100 * total['waiting_share']:.0f} % (decode included)")
-    if total["input_bound"]:
-        log.warning("%s: input-bound (over %.0f %%): raise sat.num_workers (now %d; at most the cores), keep "
-                    "sat.resume=true so that the decoded images are reused from the cache, and put paths.cache_dir "
-                    "on a local disk", line, 100 * INPUT_BOUND, workers)
-    else:
-        log.info("%s", line)
 
 
 def say(plan: Plan, images_kept: bool) -> None:

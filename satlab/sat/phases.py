@@ -12,6 +12,7 @@ and the engine ORs them. Batches are fixed (`Batches`), so every device and run 
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from contextlib import nullcontext
@@ -27,8 +28,11 @@ from torch.utils.data import Dataset, default_collate
 
 from satlab.attacks import Attack
 from satlab.data import LabeledDataset, labels_and_ids
+from satlab.data.pixels import DecodeReport
 from satlab.sat.cache import from_stored, to_stored
 from satlab.utils import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 def sample_seeds(seed: int, source: str, sample_ids: torch.Tensor) -> torch.Tensor:
@@ -260,3 +264,41 @@ class EngineProgress(TQDMProgressBar):
     @property
     def predict_description(self) -> str:
         return self.label
+
+
+# ------------------------------------------------------------------------------------------ where the time went
+
+INPUT_BOUND = 0.10  # a run whose models waited for data more than this share of the engine's time is input-bound
+
+
+def engine_time(report: DecodeReport | None, clock: dict[str, dict[str, float]], images: int, engine_s: float,
+                decoded_before: bool) -> dict[str, dict[str, Any]]:
+    """summary.json's `engine_time`: the decode pass, then per kind of pass (attack, clean, evaluate: `clock`, summed
+    from each `Phase.clock`) the seconds spent waiting for data, moving it to the device and in the models' steps,
+    and the whole run's waiting share (the decode pass and the waits, over the engine's time, plus the decode pass
+    when the task ran it before the engine: `decoded_before`)."""
+    decode_s = report.seconds if report else 0.0
+    engine_s += decode_s if decoded_before else 0.0
+    decode = {"seconds": round(decode_s, 3), "images": images, "decodes": report.decodes if report else 0,
+              "workers": report.workers if report else 0,
+              "kept_in": report.where if report else "not decoded by the engine (in-memory images)"}
+    phases = {k: {w: round(v, 3) for w, v in c.items()} for k, c in clock.items()}
+    waited = decode_s + sum(c["wait_s"] for c in clock.values())
+    share = waited / engine_s if engine_s > 0 else 0.0
+    return {"decode": decode, **phases,
+            "total": {"engine_s": round(engine_s, 3), "waiting_for_data_s": round(waited, 3),
+                      "waiting_share": round(share, 4), "input_bound": share > INPUT_BOUND}}
+
+
+def say_engine_time(path: dict[str, dict[str, Any]], workers: int) -> None:
+    """The engine's closing line: where its time went, and what to change when the models waited for data."""
+    total, decode = path["total"], path["decode"]
+    steps = sum(c.get("compute_s", 0.0) for k, c in path.items() if k not in ("decode", "total"))
+    line = (f"engine time {total['engine_s']:.1f} s: decode {decode['seconds']:.1f} s ({decode['decodes']} image(s) "
+            f"decoded), models {steps:.1f} s, waiting for data {100 * total['waiting_share']:.0f} % (decode included)")
+    if total["input_bound"]:
+        log.warning("%s: input-bound (over %.0f %%): raise sat.num_workers (now %d; at most the cores), keep "
+                    "sat.resume=true so that the decoded images are reused from the cache, and put paths.cache_dir "
+                    "on a local disk", line, 100 * INPUT_BOUND, workers)
+    else:
+        log.info("%s", line)
