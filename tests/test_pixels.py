@@ -182,3 +182,27 @@ def test_engine_decodes_each_image_once_per_map_records_equal_todays(tmp_path, a
     start = DECODES.value  # a second run on the same data: rows and pixels from the cache
     again = compute_records(tiny_models(names), tree_data(root), attack, num_workers=2, cache_dir=cache, **settings)
     assert DECODES.value == start and np.array_equal(again.records.fooled, today.records.fooled)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_loader_pins_and_prefetches_on_cuda_only(tmp_path, device):
+    """Job.loader's choice (the CUDA branch is built here without a GPU; it is not iterated)."""
+    from types import SimpleNamespace
+
+    from satlab.sat.engine import Job
+    from satlab.sat.phases import AdversarialBatches
+
+    job = Job.__new__(Job)
+    job.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+    job.num_workers = 3
+    decoded = tree_data(make_tree(tmp_path / "tree", per_class=2))
+    data_fingerprint(decoded, 1, None)
+    stored = AdversarialBatches([np.zeros((4, 3, 32, 32), np.uint8)], np.zeros(4, np.int64),
+                                np.array([[0, 0], [0, 1]]), 2)
+    on_access = Batches(per_access(tree_data(tmp_path / "tree")), 2)
+    for dataset in (Batches(decoded, 2), stored, on_access):
+        loader = job.loader(dataset)
+        cuda = device == "cuda"
+        assert loader.pin_memory == cuda
+        assert loader.num_workers == (3 if cuda or dataset is on_access else 0)
+        assert loader.prefetch_factor == (4 if cuda else None if dataset is not on_access else 2)

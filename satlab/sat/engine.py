@@ -140,13 +140,14 @@ class Job:
         self.clock: dict[str, dict[str, float]] = {}  # per kind of pass: wait_s, transfer_s, compute_s (`Phase`)
 
     def loader(self, dataset: Dataset) -> DataLoader:
-        """Batches of uint8 pixels at hand (decoded once) are slices: the main process serves them. Batches decoded
-        on access use `num_workers` worker processes; stored adversarial images (memory-mapped reads) use them on
-        CUDA, where the host is otherwise idle (on CPU the workers would take the cores the models compute on).
-        On CUDA batches are pinned (an asynchronous copy) and workers prefetch 4 batches each."""
+        """On CUDA, `num_workers` worker processes prepare the batches (slices of the decoded pixels, reads of stored
+        adversarial images, or images decoded on access) and prefetch 4 each, into pinned memory (an asynchronous
+        copy), while the device computes. On CPU the models compute on the cores the workers would take: the main
+        process serves slices and stored images, and only images decoded on access use workers."""
         cuda = self.trainer.strategy.root_device.type == "cuda"
         decoded = isinstance(dataset, Batches) and dataset.pixels is not None
-        workers = 0 if decoded or (isinstance(dataset, AdversarialBatches) and not cuda) else self.num_workers
+        at_hand = decoded or isinstance(dataset, AdversarialBatches)
+        workers = 0 if at_hand and not cuda else self.num_workers
         extra = {"prefetch_factor": 4} if workers and cuda else {}
         return DataLoader(RankShare(dataset), batch_size=None, num_workers=workers, pin_memory=cuda, **extra)
 
