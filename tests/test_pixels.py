@@ -18,7 +18,9 @@ from satlab.data.fingerprint import decode_report
 from satlab.data.folders import imagefolder
 from satlab.models import ModelSet, TimmSource
 from satlab.models.specs import ModelSpec
+from satlab.ensemble.predict import predict_log_probs
 from satlab.sat.engine import compute_records
+from satlab.sat.schedule import Tile
 from satlab.sat.phases import Batches
 from satlab.utils import SatlabError, checksum_path
 
@@ -182,6 +184,13 @@ def test_engine_decodes_each_image_once_per_map_records_equal_todays(tmp_path, a
     start = DECODES.value  # a second run on the same data: rows and pixels from the cache
     again = compute_records(tiny_models(names), tree_data(root), attack, num_workers=2, cache_dir=cache, **settings)
     assert DECODES.value == start and np.array_equal(again.records.fooled, today.records.fooled)
+    # a tile job with a new target (its clean pass and evaluations run) and task=ensemble's prediction pass
+    tile = Tile(sources=("test_resnet",), targets=("test_resnet", "test_vit"))
+    compute_records(tiny_models([*names, "test_vit"]), tree_data(root), attack, num_workers=2, cache_dir=cache,
+                    tile=tile, **settings)
+    predictions = predict_log_probs(tiny_models(names), tree_data(root), batch_size=8, cache_dir=cache,
+                                    trainer_cfg=QUIET)
+    assert DECODES.value == start and predictions.computed == names
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

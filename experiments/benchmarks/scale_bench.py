@@ -272,7 +272,7 @@ def section_cost(dry: dict | None, sample: int, seed: int, decode_rate: float | 
           f"({len(chosen) - len(sizes)} left out: not countable on the meta device) at each one's own input size, "
           f"mean {mean / 1e9:.1f} GFLOP (95% bootstrap CI {lo / 1e9:.1f}-{hi / 1e9:.1f}).\n")
     h100 = H100_BF16_DENSE / 3  # assumed achieved rate
-    source = "measured in (f)" if decode_rate else "measured here on 64 generated JPEGs"
+    source = "measured in (f), or given" if decode_rate else "measured here on 64 generated JPEGs"
     decode_rate = decode_rate or small_decode_rate()
     rows = [("the paper's map: 68 models, 5,000 images, PGD-10", 68, [map_flops(fwd, 5000, 10, 0.8)] * 3),
             (f"every timm ImageNet-1k classifier: {every} models, 5,000 images, PGD-10", every,
@@ -311,6 +311,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dry-run", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data-images", type=int, default=1000, help="generated JPEGs of (f)")
+    parser.add_argument("--decode-rate", type=float, help="images/s per core for (e) when (f) is skipped (as (f) "
+                        "printed it); default: measured on 64 generated JPEGs")
     parser.add_argument("--dry-result", help="the raw (d) measurement a previous run kept (/tmp/satlab-bench-dry-run.json)")
     args = parser.parse_args()
     if args.cnn:
@@ -329,12 +331,12 @@ def main() -> None:
 
         section_plain_loop(args.rounds, QUIET)
     dry = section_dry_run(args.images, args.dry_result) if "d" not in skip else None
-    decode_rate, printed = None, io.StringIO()
+    decode_rate, printed = args.decode_rate, io.StringIO()
     if "f" not in skip:  # measured before (e), which uses its decode rate; printed after it
         from datapath_bench import MODELS, section_data_path
 
         with contextlib.redirect_stdout(printed):
-            decode_rate = section_data_path(args.data_images, MODELS, 2)["rate"]
+            decode_rate = section_data_path(args.data_images, MODELS, 1)["rate"]
     if "e" not in skip:
         section_cost(dry, args.sample, 0, decode_rate)
     print(printed.getvalue(), end="")
