@@ -116,6 +116,24 @@ def test_unreadable_jpeg_is_one_error_naming_it_nothing_written(tmp_path):
     with pytest.raises(SatlabError, match=r"cannot read image .*cat/4\.jpg"):
         data_fingerprint(tree_data(root), 2, cache)
     assert not [p for p in (cache / "pixels").iterdir() if not p.name.endswith(".lock")]
+    with pytest.raises(SatlabError, match=r"cannot read image .*cat/4\.jpg"):  # as a task decodes: before the checks
+        data_fingerprint(tree_data(root), 2, tmp_path / "other", write=False)
+    assert not (tmp_path / "other").exists()
+
+
+def test_pixels_kept_in_memory_until_the_checks_then_written_without_decoding(tmp_path):
+    root = make_tree(tmp_path / "tree")
+    cache = tmp_path / "cache"
+    ds = tree_data(root)
+    start = DECODES.value
+    fingerprint = data_fingerprint(ds, 2, cache, write=False)  # a task, before its models are checked
+    assert decode_report(ds).where == "memory" and not cache.exists()
+    assert data_fingerprint(ds, 2, cache) == fingerprint  # the engine: written from memory
+    assert decode_report(ds).where == "cache file" and isinstance(ds.pixels(), np.memmap)
+    assert DECODES.value - start == 12
+    again = tree_data(root)
+    assert data_fingerprint(again, 2, cache, write=False) == fingerprint and DECODES.value - start == 12
+    assert np.array_equal(np.asarray(again.pixels()), np.asarray(ds.pixels()))
 
 
 def test_unreadable_jpeg_on_the_command_line_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
@@ -130,7 +148,7 @@ def test_unreadable_jpeg_on_the_command_line_is_one_line_exit_2(tmp_path, monkey
     assert_one_line_error(code, err, "cannot read image")
     assert "dog/2.jpg" in err
     written = [p for d in (run_dir, cache) if d.exists() for p in d.rglob("*") if p.is_file()]
-    assert all(p.name.endswith(".lock") for p in written), written  # only the (empty) lock of the pixel file
+    assert not written, written
 
 
 def test_no_room_in_the_cache_falls_back_to_memory_or_says_what_it_needs(tmp_path, monkeypatch, caplog):

@@ -17,7 +17,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from satlab.data.common import LabeledDataset, TensorImages, labels_and_ids, quantize_8bit
-from satlab.data.pixels import CHUNK, DecodeReport, decode_pixels
+from satlab.data.pixels import CHUNK, DecodeReport, decode_pixels, persist_pixels
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +25,22 @@ _ATTR = "_satlab_fingerprint"
 _REPORT = "_satlab_decode"
 
 
-def data_fingerprint(ds: Dataset, num_workers: int | None = None, cache_dir: str | Path | None = None) -> str:
+def data_fingerprint(ds: Dataset, num_workers: int | None = None, cache_dir: str | Path | None = None,
+                     write: bool = True) -> str:
     """Hex digest (16 chars) of a satlab dataset's pixels as loaded, labels and sample ids.
 
     Args:
         ds: a satlab dataset (or a torch Subset of one: decoded through a DataLoader in this process, as before).
         num_workers: threads of the decode pass (None: the cores available).
         cache_dir: where the decoded images of a file dataset are kept for later passes and runs (None: memory).
+        write: False: pixels that fit in memory are not written to the cache yet (`decode_pixels`); a later call
+            with `cache_dir` (the engine's, the prediction pass's) writes them.
     """
     cached = getattr(ds, _ATTR, None)
     if cached is not None:
+        report = decode_report(ds)
+        if write and cache_dir is not None and report is not None:
+            persist_pixels(ds, report)  # type: ignore[arg-type]
         return cached
     labels, ids = labels_and_ids(ds)
     digest = hashlib.sha256()
@@ -49,7 +55,7 @@ def data_fingerprint(ds: Dataset, num_workers: int | None = None, cache_dir: str
         digest.update(str(tuple(ds.images.shape)).encode())
         digest.update(ds.images.contiguous().numpy().tobytes())
     elif isinstance(ds, LabeledDataset) and type(ds).decode is not LabeledDataset.decode:
-        pixels, report = decode_pixels(ds, cache_dir, num_workers, add)
+        pixels, report = decode_pixels(ds, cache_dir, num_workers, add, write)
         ds.decoded = pixels
         setattr(ds, _REPORT, report)
         log.info("%s", report.line())

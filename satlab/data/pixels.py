@@ -75,7 +75,8 @@ class DecodeReport:
     decodes: int = 0
     workers: int = 1
     seconds: float = 0.0
-    path: str | None = None
+    path: str | None = None  # the pixel file they are kept in
+    pending: str | None = None  # the pixel file they go to once written (`persist_pixels`)
 
     def line(self) -> str:
         done = (f"{self.decodes} image(s) decoded in {self.seconds:.1f} s on {self.workers} thread(s)"
@@ -124,7 +125,7 @@ def decode_into(out: np.ndarray | None, ds: Any, workers: int, each_chunk: Any) 
 
 
 def decode_pixels(ds: LabeledDataset, cache_dir: str | Path | None, workers: int | None,
-                  each_chunk: Any) -> tuple[np.ndarray | None, DecodeReport]:
+                  each_chunk: Any, write: bool = True) -> tuple[np.ndarray | None, DecodeReport]:
     """The images of a dataset decoded on access (`ds.decode`), decoded once and kept (module docstring).
 
     Args:
@@ -134,6 +135,9 @@ def decode_pixels(ds: LabeledDataset, cache_dir: str | Path | None, workers: int
         workers: decoding threads; None: the cores available. Datasets other than FileImages decode on one thread
             (torchvision's classes are not all safe to read from several threads).
         each_chunk: called with each chunk of uint8 [<=CHUNK,3,R,R] pixels in order (the fingerprint's hash).
+        write: write the pixel file now; False (a task before its models are checked, so that bad input leaves no
+            file): pixels that fit in memory are kept there, `persist_pixels` writes them later. An existing file
+            is read either way, and the room is checked either way.
     Returns:
         uint8 [N,3,R,R] (a memory map or an array), or None when not kept, and what was done.
     """
@@ -147,34 +151,20 @@ def decode_pixels(ds: LabeledDataset, cache_dir: str | Path | None, workers: int
     pixels: np.ndarray | None = None
     if cache_dir is not None and isinstance(ds, FileImages):
         path = Path(cache_dir) / "pixels" / f"{source_key(ds, workers)}.npy"
-        report.path = str(path)
-        with file_lock(path, "the decoded evaluation images"):
-            pixels = read_pixels(path, shape)
-            if pixels is not None:
-                report.where = "cache file, reused"
-                for begin in range(0, len(pixels), CHUNK):
-                    each_chunk(pixels[begin:begin + CHUNK])
+        pixels = read_pixels(path, shape)
+        if pixels is not None:
+            report.where, report.path = "cache file, reused", str(path)
+            for begin in range(0, len(pixels), CHUNK):
+                each_chunk(pixels[begin:begin + CHUNK])
+            report.seconds = time.perf_counter() - start
+            return pixels, report
+        if has_room(path, nbytes):
+            if write or not fits_in_memory(nbytes):
+                with file_lock(path, "the decoded evaluation images"):
+                    pixels = write_pixels(path, shape, lambda out: decode_into(out, ds, workers, each_chunk), report)
                 report.seconds = time.perf_counter() - start
                 return pixels, report
-            try:
-                check_free_space(path.parent, nbytes + 2**20, "the decoded evaluation images")
-            except SatlabError:
-                if not fits_in_memory(nbytes):
-                    raise SatlabError(f"the decoded evaluation images ({nbytes / 2**20:.1f} MiB) fit neither in the "
-                                      f"cache nor in memory: {no_space_message(path.parent, nbytes)}") from None
-                log.warning("no room for the decoded evaluation images (%.1f MiB) in %s: keeping them in memory "
-                            "for this run only (%s)", nbytes / 2**20, path.parent, no_space_message(path.parent,
-                                                                                                    nbytes))
-                report.path = None
-            else:
-                with atomic_path(path, checksum=True) as tmp:
-                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-                    reserve(tmp)  # a full disk fails here, not as SIGBUS while the decode writes
-                    report.decodes = decode_into(out, ds, workers, each_chunk)
-                    out.flush()
-                    del out
-                report.where, report.seconds = "cache file", time.perf_counter() - start
-                return np.load(path, mmap_mode="r"), report
+            report.pending = str(path)  # kept in memory until the run's checks are done (`persist_pixels`)
     if fits_in_memory(nbytes):
         pixels = np.empty(shape, dtype=np.uint8)
         report.where = "memory"
@@ -185,6 +175,57 @@ def decode_pixels(ds: LabeledDataset, cache_dir: str | Path | None, workers: int
     report.decodes = decode_into(pixels, ds, workers, each_chunk)
     report.seconds = time.perf_counter() - start
     return pixels, report
+
+
+def has_room(path: Path, nbytes: int) -> bool:
+    """Whether the cache's disk has room for a pixel file of `nbytes`; without it, a warning when the pixels fit in
+    memory (they are kept there for the run), else one SatlabError saying how much is needed."""
+    try:
+        check_free_space(path.parent, nbytes + 2**20, "the decoded evaluation images")
+        return True
+    except SatlabError:
+        if not fits_in_memory(nbytes):
+            raise SatlabError(f"the decoded evaluation images ({nbytes / 2**20:.1f} MiB) fit neither in the cache nor "
+                              f"in memory: {no_space_message(path.parent, nbytes)}") from None
+        log.warning("no room for the decoded evaluation images (%.1f MiB) in %s: keeping them in memory for this "
+                    "run only (%s)", nbytes / 2**20, path.parent, no_space_message(path.parent, nbytes))
+        return False
+
+
+def write_pixels(path: Path, shape: tuple[int, ...], fill: Any, report: DecodeReport) -> np.ndarray:
+    """Write the pixel file `path` (uint8 `shape`) atomically with its checksum, its blocks reserved first (a full
+    disk fails before anything is written, never as SIGBUS), `fill(out)` writing the pixels (returns the images it
+    decoded); call under the file's lock. One already there (another run wrote it meanwhile) is read instead."""
+    pixels = read_pixels(path, shape)
+    if pixels is None:
+        with atomic_path(path, checksum=True) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            reserve(tmp)
+            report.decodes += fill(out)
+            out.flush()
+            del out
+        pixels = np.load(path, mmap_mode="r")
+    report.where, report.path, report.pending = "cache file", str(path), None
+    return pixels
+
+
+def persist_pixels(ds: LabeledDataset, report: DecodeReport) -> None:
+    """Write the pixels that an earlier pass kept in memory (`decode_pixels(write=False)`) to their pixel file, and
+    read them from it from now on (no decode: a copy)."""
+    if report.pending is None or ds.decoded is None:
+        return
+    path, pixels = Path(report.pending), ds.decoded
+    if not has_room(path, pixels.nbytes):
+        report.pending = None
+        return
+
+    def copy(out: np.ndarray) -> int:
+        out[:] = pixels
+        return 0
+
+    with file_lock(path, "the decoded evaluation images"):
+        ds.decoded = write_pixels(path, pixels.shape, copy, report)
+    log.info("%s", report.line())
 
 
 def read_pixels(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:

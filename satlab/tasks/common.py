@@ -63,7 +63,9 @@ def eval_data(cfg: DictConfig, attack: Any = None) -> Any:
 
 def decode_eval(data: Any, cache_dir: str | Path | None, workers: Any = None) -> None:
     """The evaluation images decoded once, in parallel, before any model work (`satlab.data.pixels`), and kept for
-    every later pass of the task: in `cache_dir` (so later runs decode nothing), else in memory.
+    every later pass of the task: in memory, written to `cache_dir` by the engine or prediction pass once the models
+    are checked (so that bad input leaves no file; later runs decode nothing), or read from there when a run wrote
+    them before. An unreadable image, or no room for them in the cache nor in memory, is one SatlabError here.
 
     Args:
         data: the task's DatasetSplits (its `eval` split is decoded).
@@ -72,7 +74,7 @@ def decode_eval(data: Any, cache_dir: str | Path | None, workers: Any = None) ->
     """
     from satlab.data import data_fingerprint
 
-    data_fingerprint(data.eval, None if workers is None else int(workers), cache_dir)
+    data_fingerprint(data.eval, None if workers is None else int(workers), cache_dir, write=False)
 
 
 def open_models(cfg: DictConfig, data: Any, names: list[str] | None = None, own_heads: bool = False) -> Any:

@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     attack = build(cfg, "attack")
     data = eval_data(cfg)
-    decode_eval(data, Path(cfg.paths.cache_dir) if ecfg.resume else None)
+    decode_eval(data, Path(cfg.paths.cache_dir) if ecfg.resume else None)  # before any model work
     models = open_models(cfg, data)
     trainer_cfg = trainer_config(cfg)
     context = records_context(attack, data.eval, int(cfg.seed), trainer_cfg)

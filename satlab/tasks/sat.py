@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     data = eval_data(cfg, attack)
     cache = Path(cfg.paths.cache_dir) if params.resume else None
-    decode_eval(data, cache, params.num_workers)
+    decode_eval(data, cache, params.num_workers)  # before any model work; the pixel file once the models are checked
     timings = {"data": time.perf_counter() - start}
     log.info("attack %s", attack.summary())  # the budget used; attack.notes say what was adjusted
     start = time.perf_counter()
