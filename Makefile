@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCHATTACKS := torchattacks==3.5.1
 
-.PHONY: demo test install install-dev bench bench-engine bench-gpu bench-ensemble bench-precision clean
+.PHONY: demo test install install-dev bench bench-data bench-engine bench-gpu bench-ensemble bench-precision clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,15 +32,20 @@ TEST_WORKERS ?= 2
 test: install-dev
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# maps at scale: memory and time against N, the engine against a plain loop, the paper69 dry run, costs
+# maps at scale: memory and time against N, the engine against a plain loop, the paper69 dry run, costs, data path
 bench: install
 	$(PY) experiments/benchmarks/scale_bench.py $(ARGS)
+
+# the data path alone (section (f) of bench): a decode per pass against one decode per map, 1,000 generated JPEGs
+bench-data: install
+	$(PY) experiments/benchmarks/datapath_bench.py $(ARGS)
 
 # one attack against bare steps and torchattacks, the engine against the pairwise loop
 bench-engine: install-dev
 	$(PY) experiments/benchmarks/engine_bench.py $(ARGS)
 
-# on a machine with a CUDA GPU: throughput at 224 px in bf16, fraction of the FLOP-limited rate, paper-scale cost
+# on a machine with a CUDA GPU: throughput at 224 px in bf16, fraction of the FLOP-limited rate, paper-scale cost,
+# the data path on the GPU
 bench-gpu: install
 	$(PY) experiments/benchmarks/gpu_bench.py $(ARGS)
 

@@ -36,7 +36,7 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["sat.resume=maybe"], "sat.resume=maybe must be true or false"),
     (["sat.print_table=1"], "sat.print_table=1 must be true or false"),
     (["sat.batch_size=0"], "sat.batch_size=0 must be an integer >= 1"),
-    (["sat.num_workers=-1"], "sat.num_workers=-1 must be an integer >= 0"),
+    (["sat.num_workers=-1"], "sat.num_workers=-1 must be null (the cores available) or an integer >= 0"),
     (["sat.eps_s=0"], "sat.eps_s=0 must be a number in (0, 100) (a transfer rate in %: it floors the argument of "
                       "the log)"),
     (["sat.eps_s=200"], "sat.eps_s=200 must be a number in (0, 100) (a transfer rate in %"),

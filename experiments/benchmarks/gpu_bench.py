@@ -11,7 +11,11 @@ autocast and channels_last, as the engine runs them:
 5. the engine end to end: a map of the three models on 512 synthetic images with one class (every image in every
    X_AB), its time against the FLOPs it had to do;
 6. the paper-scale estimate: the paper's map (68 models, 5,000 images, PGD-10) and a map of every timm ImageNet-1k
-   classifier, at the achieved rate.
+   classifier, at the achieved rate;
+7. the data path on the device (`datapath_bench.py`): a map of two models of the first architecture on 1,000
+   generated ImageNet-sized JPEGs, today's path (a decode per pass) against decoding once, then the images per
+   second of phase 1 (clean pass + attack of each source) and phase 2 (evaluations) of the decode-once run, from the
+   engine's own clock (`summary.json`'s engine_time), against the FLOP-limited rate of the measured matmul rate.
 
     python experiments/benchmarks/gpu_bench.py                    # prints a markdown report
     python experiments/benchmarks/gpu_bench.py --device cpu --batch 2 --steps 1 --images 8   # the code path
@@ -90,6 +94,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--images", type=int, default=512, help="images of the end-to-end engine map")
     parser.add_argument("--models", default=",".join(MODELS), help="timm architectures, comma-separated")
+    parser.add_argument("--jpegs", type=int, default=1000, help="generated JPEGs of the data-path section (7)")
     args = parser.parse_args()
     archs = args.models.split(",")
     device = args.device
@@ -147,6 +152,7 @@ def main() -> None:
         print(f"| {arch} | {fwd / 1e9:.3g} | {ar:,.1f} | {aa / 1e12:.3g} ({aa / peak:.0%}) | {am} | "
               f"{er:,.1f} | {ea / 1e12:.3g} ({ea / peak:.0%}) | {em} |")
     engine_rate = engine_map(device, archs, args.images, args.steps)
+    data_path(device, archs[0], args.jpegs, args.steps, args.batch, rows[0][1], peak)
     from experiments.benchmarks.scale_bench import map_flops, paper69_names, flops
 
     fwd69 = [flops(n) for n in paper69_names()]
@@ -159,6 +165,31 @@ def main() -> None:
     print(f"Paper-scale estimate at the engine's achieved rate: the paper's map ({paper:.2e} FLOPs) "
           f"{paper / engine_rate / 3600:,.1f} {unit}; every timm ImageNet-1k classifier ({every} models, with "
           f"paper69's mean FLOPs, {everything:.2e} FLOPs) {everything / engine_rate / 3600:,.0f} {unit}.")
+
+
+def data_path(device: str, arch: str, images: int, steps: int, batch: int, fwd: float, peak: float) -> None:
+    """Section 7 (module docstring): `fwd` = forward FLOPs per image of `arch`, `peak` the matmul rate."""
+    sys.path.insert(0, str(ROOT / "experiments" / "benchmarks"))
+    from datapath_bench import section_data_path
+
+    result = section_data_path(images, [arch, arch], steps, device, batch)
+    new = result["new"]
+    accuracy = float(new["records"].correct.mean())
+    passes = {"attack": 1 + 3 * steps * accuracy + accuracy,  # per source image: clean, attack, own evaluation
+              "evaluate": accuracy}  # per source image: the other model's evaluation on X_AB (about accuracy)
+    print(f"Phases of the decode-once run ({arch} twice, {images} JPEGs, clean accuracy {accuracy:.0%}):\n")
+    print("| phase | source images / s (waiting + transfer + models) | FLOP-limited images / s | fraction | "
+          "waiting for data |")
+    print("|---|---|---|---|---|")
+    for kind, per_image in passes.items():
+        clock = new["path"].get(kind)
+        if not clock:
+            continue
+        seconds = clock["wait_s"] + clock["transfer_s"] + clock["compute_s"]
+        rate = 2 * images / seconds  # both models are sources
+        limit = peak / (fwd * per_image)
+        print(f"| {kind} | {rate:,.1f} | {limit:,.1f} | {rate / limit:.0%} | {clock['wait_s'] / seconds:.1%} |")
+    print()
 
 
 def engine_map(device: str, archs: list[str], images: int, steps: int) -> float:

@@ -13,7 +13,10 @@ with their baselines.
 (d) a dry run of the 68 paper69 architectures at 224 px: random weights with one class (so every image is in
     every X_AB: the real work of a map), 1 PGD step, peak RSS and time per model;
 (e) the cost of the paper's map and of a map of every timm ImageNet-1k classifier, from FLOPs per model (torch's
-    flop counter on the meta device) and throughput.
+    flop counter on the meta device) and throughput, and the time to decode its images at the decode rate measured
+    in (f) (or on a few generated JPEGs when (f) is skipped): a wall-time estimate saying which bound dominates;
+(f) the data path: today's (a decode per pass) against decoding once per map, on 1,000 generated ImageNet-sized
+    JPEGs (in `datapath_bench.py`, also `make bench-data`).
 
     python experiments/benchmarks/scale_bench.py             # everything (about 25 min on 2 CPU cores)
     python experiments/benchmarks/scale_bench.py --skip a,d  # some sections only
@@ -22,6 +25,8 @@ with their baselines.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
@@ -227,8 +232,15 @@ def map_flops(fwd: list[float], images: int, steps: int, accuracy: float) -> flo
     return per_model + pairs
 
 
-def section_cost(dry: dict | None, sample: int, seed: int) -> None:
+DECODE_CORES = 16  # host cores assumed beside the GPU for the decode-once estimate (the lent H100/H200 machines')
+
+
+def section_cost(dry: dict | None, sample: int, seed: int, decode_rate: float | None = None) -> None:
+    """(e): FLOPs and compute time of two maps at an assumed H100 rate, beside the time to decode their images
+    today (a decode per model and one for the fingerprint, on the main process) and once on DECODE_CORES cores,
+    at `decode_rate` (images/s on one core; measured here when None)."""
     import timm
+    from datapath_bench import small_decode_rate  # this folder is on sys.path (a script's own)
 
     print("## (e) what a map costs\n")
     if dry is not None:
@@ -260,20 +272,32 @@ def section_cost(dry: dict | None, sample: int, seed: int) -> None:
           f"({len(chosen) - len(sizes)} left out: not countable on the meta device) at each one's own input size, "
           f"mean {mean / 1e9:.1f} GFLOP (95% bootstrap CI {lo / 1e9:.1f}-{hi / 1e9:.1f}).\n")
     h100 = H100_BF16_DENSE / 3  # assumed achieved rate
-    rows = [("the paper's map: 68 models, 5,000 images, PGD-10", [map_flops(fwd, 5000, 10, 0.8)] * 3),
-            (f"every timm ImageNet-1k classifier: {every} models, 5,000 images, PGD-10",
+    source = "measured in (f), or given" if decode_rate else "measured here on 64 generated JPEGs"
+    decode_rate = decode_rate or small_decode_rate()
+    rows = [("the paper's map: 68 models, 5,000 images, PGD-10", 68, [map_flops(fwd, 5000, 10, 0.8)] * 3),
+            (f"every timm ImageNet-1k classifier: {every} models, 5,000 images, PGD-10", every,
              [map_flops([m] * every, 5000, 10, 0.8) for m in (mean, lo, hi)])]
-    print("| map | FLOPs (95% CI of the sample mean) | H100 GPU-hours at 1/3 of bf16 peak (assumed) | "
-          "on this machine's CPU at the rate measured in (d) |")
-    print("|---|---|---|---|")
-    for label, (total, low, high) in rows:
+    print(f"Decode rate: {decode_rate:.0f} images/s per core ({source}; JPEG 500x375 -> resize 256 -> crop 224).\n")
+    print("| map | FLOPs (95% CI of the sample mean) | compute: H100 GPU-hours at 1/3 of bf16 peak (assumed) | "
+          f"decode, today's path (N + 1 decodes per image, main process) | decode once on {DECODE_CORES} cores | "
+          "wall-time estimate, today's path / decode once | on this machine's CPU at the rate measured in (d) |")
+    print("|---|---|---|---|---|---|---|")
+    for label, n, (total, low, high) in rows:
         span = f" ({low:.2e}-{high:.2e})" if low != high else ""
-        hours = f"{total / h100 / 3600:,.1f}" + (f" ({low / h100 / 3600:,.0f}-{high / h100 / 3600:,.0f})" if span else "")
+        compute = total / h100 / 3600
+        hours = f"{compute:,.1f}" + (f" ({low / h100 / 3600:,.0f}-{high / h100 / 3600:,.0f})" if span else "")
+        today = 5000 * (n + 1) / decode_rate / 3600  # serial with the models: the device waits for every decode
+        once = 5000 / (decode_rate * DECODE_CORES) / 3600
+        bound = "decode-bound" if today > compute else "compute-bound"
         cpu = f"{total / rate / 86400 / 365:,.1f} years" if rate else "-"
-        print(f"| {label} | {total:.2e}{span} | {hours} | {cpu} |")
+        print(f"| {label} | {total:.2e}{span} | {hours} h | {today:,.2f} h | {once * 3600:,.1f} s | "
+              f"{compute + today:,.2f} h ({bound}) / {compute + once:,.2f} h (compute-bound) | {cpu} |")
     print("\nAssumptions: 80 % clean accuracy (X_AB = 64 % of the images), backward = 2 forward. The H100 rate is "
           "an assumption (one third of the 989 TFLOP/s dense bf16 peak) until `make bench-gpu` measures the "
-          "achieved fraction on a GPU (docs/gpu.md); no GPU number is measured here.\n")
+          "achieved fraction on a GPU (docs/gpu.md); no GPU number is measured here. Today's path decodes on the "
+          "main process while the device waits, so its decode time adds to the compute time; decoding once happens "
+          f"before any model work, on {DECODE_CORES} cores (assumed; decoding scales with cores, it is "
+          "independent per image).\n")
 
 
 def main() -> None:
@@ -286,6 +310,9 @@ def main() -> None:
     parser.add_argument("--cnn", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dry-run", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--data-images", type=int, default=1000, help="generated JPEGs of (f)")
+    parser.add_argument("--decode-rate", type=float, help="images/s per core for (e) when (f) is skipped (as (f) "
+                        "printed it); default: measured on 64 generated JPEGs")
     parser.add_argument("--dry-result", help="the raw (d) measurement a previous run kept (/tmp/satlab-bench-dry-run.json)")
     args = parser.parse_args()
     if args.cnn:
@@ -304,8 +331,15 @@ def main() -> None:
 
         section_plain_loop(args.rounds, QUIET)
     dry = section_dry_run(args.images, args.dry_result) if "d" not in skip else None
+    decode_rate, printed = args.decode_rate, io.StringIO()
+    if "f" not in skip:  # measured before (e), which uses its decode rate; printed after it
+        from datapath_bench import MODELS, section_data_path
+
+        with contextlib.redirect_stdout(printed):
+            decode_rate = section_data_path(args.data_images, MODELS, 1)["rate"]
     if "e" not in skip:
-        section_cost(dry, args.sample, 0)
+        section_cost(dry, args.sample, 0, decode_rate)
+    print(printed.getvalue(), end="")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -60,11 +61,14 @@ class LabeledDataset(Dataset):
     """A dataset whose labels and stable sample ids are known without decoding any image.
 
     Items are `(image float32 [3,R,R] on 8-bit levels, label int, sample_id int)`.
-    Subclasses implement `_image(i)` and `take(positions)`.
+    Subclasses implement `_image(i)` (or `decode(i)`, for images decoded from files) and `take(positions)`.
+    Once the images are decoded (`satlab.data.pixels.decode_pixels`, during the content fingerprint's pass), items
+    are read from `pixels()` and nothing is decoded again.
     """
 
     labels: np.ndarray
     ids: np.ndarray
+    decoded: np.ndarray | None = None  # uint8 [N,3,R,R] (in memory or memory-mapped) once decoded, else None
 
     def __init__(self, labels: Sequence[int], ids: Sequence[int]) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -76,10 +80,20 @@ class LabeledDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> Item:
+        if self.decoded is not None:
+            return uint8_to_float(torch.from_numpy(np.array(self.decoded[i]))), int(self.labels[i]), int(self.ids[i])
         return self._image(i), int(self.labels[i]), int(self.ids[i])
 
-    def _image(self, i: int) -> torch.Tensor:
+    def pixels(self) -> np.ndarray | torch.Tensor | None:
+        """uint8 [N,3,R,R] of every item when at hand without decoding (in memory or memory-mapped), else None."""
+        return self.decoded
+
+    def decode(self, i: int) -> torch.Tensor:
+        """Item i's image decoded from its file, uint8 [3,R,R] (datasets decoded on access)."""
         raise NotImplementedError
+
+    def _image(self, i: int) -> torch.Tensor:
+        return uint8_to_float(self.decode(i))
 
     def take(self, positions: np.ndarray) -> "LabeledDataset":
         """A dataset of the same kind holding only the items at `positions` (ids unchanged)."""
@@ -97,6 +111,9 @@ class TensorImages(LabeledDataset):
 
     def _image(self, i: int) -> torch.Tensor:
         return uint8_to_float(self.images[i])
+
+    def pixels(self) -> torch.Tensor:
+        return self.images
 
     def take(self, positions: np.ndarray) -> "TensorImages":
         index = torch.as_tensor(positions, dtype=torch.long)
@@ -116,8 +133,8 @@ class FileImages(LabeledDataset):
         self.resize = resize
         self.resolution = resolution
 
-    def _image(self, i: int) -> torch.Tensor:
-        return load_image(self.paths[i], self.resize, self.resolution)
+    def decode(self, i: int) -> torch.Tensor:
+        return decode_image(self.paths[i], self.resize, self.resolution)
 
     def take(self, positions: np.ndarray) -> "FileImages":
         paths = [self.paths[p] for p in positions]
@@ -134,8 +151,30 @@ def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
 
 
-def load_image(path: Path, resize: int, resolution: int) -> torch.Tensor:
-    """Decode an image as RGB, resize its shorter side to `resize` (bilinear), center-crop `resolution`."""
+class DecodeCounter:
+    """How many images this process has decoded from files (every call of `decode_image`, any thread): what
+    "each image decoded once per map" is counted by (tests, `make bench`). Decodes in DataLoader worker
+    processes are counted in those processes, not here."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self.value += n
+
+
+DECODES = DecodeCounter()
+
+
+def decode_image(path: Path, resize: int, resolution: int) -> torch.Tensor:
+    """Decode an image as RGB, resize its shorter side to `resize` (bilinear), center-crop `resolution`.
+
+    Returns:
+        uint8 [3, resolution, resolution]; an unreadable file is one SatlabError naming it.
+    """
+    DECODES.add()
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB")
@@ -143,7 +182,7 @@ def load_image(path: Path, resize: int, resolution: int) -> torch.Tensor:
         raise SatlabError(f"cannot read image {path}: {exc}; remove or replace the file") from exc
     rgb = TF.resize(rgb, resize, interpolation=InterpolationMode.BILINEAR)
     rgb = TF.center_crop(rgb, [resolution, resolution])
-    return uint8_to_float(TF.pil_to_tensor(rgb))
+    return TF.pil_to_tensor(rgb)
 
 
 def check_samples_per_class(samples_per_class: int | None, key: str = "dataset.samples_per_class") -> None:

@@ -34,9 +34,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from satlab.data.common import (
-    DatasetSplits, LabeledDataset, TensorImages, balanced_positions, check_params, quantize_8bit, uint8_to_float,
-)
+from satlab.data.common import (DECODES, DatasetSplits, LabeledDataset, TensorImages, balanced_positions, check_params,
+                                quantize_8bit)
 from satlab.data.torchvision_files import (RESERVED_KWARGS, RESIZE_CHUNK, RawSplit, check_split_names, dataset_class,
                                           read_split)
 from satlab.utils import SatlabError
@@ -94,14 +93,15 @@ class FittedImages(TensorImages):
 
 
 def pil_pixels(image: Any, resolution: int) -> torch.Tensor:
-    """One decoded item (PIL image, HWC array or CHW tensor) -> float32 [3,R,R] on 8-bit levels."""
+    """One decoded item (PIL image, HWC array or CHW tensor) -> uint8 [3,R,R] (counted in `DECODES`)."""
+    DECODES.add()
     if isinstance(image, torch.Tensor):
         image = TF.to_pil_image(image)
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     rgb = image.convert("RGB")
     rgb = TF.resize(rgb, resolution, interpolation=InterpolationMode.BILINEAR)
-    return uint8_to_float(TF.pil_to_tensor(TF.center_crop(rgb, [resolution, resolution])))
+    return TF.pil_to_tensor(TF.center_crop(rgb, [resolution, resolution]))
 
 
 class VisionImages(LabeledDataset):
@@ -119,7 +119,7 @@ class VisionImages(LabeledDataset):
         self.base = base
         self.resolution = resolution
 
-    def _image(self, i: int) -> torch.Tensor:
+    def decode(self, i: int) -> torch.Tensor:
         return pil_pixels(self.base[int(self.ids[i])][0], self.resolution)
 
     def take(self, positions: np.ndarray) -> "VisionImages":

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from satlab.data import data_fingerprint, labels_and_ids
+from satlab.sat.cache import from_stored
 from satlab.sat.phases import Batches, EngineProgress
 from satlab.lightning import build_trainer
 from satlab.utils import SatlabError, atomic_path, move_aside, plain, stable_hash, verified
@@ -44,6 +45,7 @@ class ProbabilityPass(pl.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         x, _, _, pos = batch
+        x = self.trainer.precision_plugin.convert_input(from_stored(x))  # uint8 pixels converted on the device
         log_probs = torch.log_softmax(self.model(x).float(), dim=1).clamp_min(HALF_MIN)
         return {"pos": pos.cpu(), "log_probs": log_probs.half().cpu()}
 
@@ -77,10 +79,11 @@ def predict_log_probs(
     trainer_cfg: Mapping[str, Any] | None = None,
 ) -> Predictions:
     """Log-probabilities of every model of `models` (a `satlab.models.ModelSet`) on `data` (items: image, label,
-    sample_id): one pass per uncached model, with only that model built."""
+    sample_id): one pass per uncached model, with only that model built. Images read from files are decoded once,
+    in parallel, and kept in the cache (`satlab.data.pixels`): the passes and later runs read them decoded."""
     names = models.names
     labels, ids = labels_and_ids(data)
-    data_key = data_fingerprint(data)
+    data_key = data_fingerprint(data, cache_dir=cache_dir)
     rows: list[torch.Tensor | None] = []
     settings = dict(plain(trainer_cfg) or {})
     precision = str(settings.get("precision") or "32-true")
@@ -96,7 +99,8 @@ def predict_log_probs(
         trainer = build_trainer(settings, logger=False, callbacks=[progress] if progress else [])
         if trainer.world_size > 1:
             raise SatlabError("the prediction pass gathers outputs in one process: set trainer.devices=1")
-        loader = DataLoader(Batches(data, batch_size), batch_size=None, num_workers=num_workers)
+        batches = Batches(data, batch_size)
+        loader = DataLoader(batches, batch_size=None, num_workers=0 if batches.pixels is not None else num_workers)
         for count, i in enumerate(todo):
             if progress:
                 progress.label = f"predict {count + 1}/{len(todo)}: {names[i]}"

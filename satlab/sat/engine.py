@@ -20,7 +20,6 @@ and concurrent runs share the work. No Hydra, no wandb here.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,11 +34,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from satlab.attacks import Attack
 from satlab.data import data_fingerprint, labels_and_ids
+from satlab.data.fingerprint import decode_report
+from satlab.data.pixels import available_memory, default_workers
 from satlab.lightning import build_trainer
 from satlab.models import ModelSet
 from satlab.sat.cache import Row, RowStore, image_dtype
 from satlab.sat.phases import (AdversarialBatches, Batches, CleanPass, EngineProgress, Phase, RankShare, SourcePass,
-                               TargetPass)
+                               TargetPass, engine_time, say_engine_time)
 from satlab.sat.records import Records
 from satlab.sat.schedule import Budget, Plan, Tile, plan_tile, target_blocks, whole_map
 from satlab.utils import SatlabError, plain
@@ -95,15 +96,7 @@ def device_budget(trainer: pl.Trainer) -> Budget:
     """`memory_budget=auto`: a quarter of the device memory free now (of the memory available on CPU), shared by
     the devices' ranks, for the weights of one block of targets; the rest is for activations and images."""
     device = trainer.strategy.root_device
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        try:
-            with open("/proc/meminfo") as fh:
-                free = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
-        except (OSError, StopIteration):
-            pass
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
     return Budget(nbytes=max(free // (4 * trainer.world_size), 1))
 
 
@@ -127,6 +120,7 @@ class EngineResult:
     blocks: int = 0  # phase-2 blocks of targets run
     disk_bytes: int = 0  # the cache files (rows + images) of this map's sources
     seconds: dict[str, float] = field(default_factory=dict)  # "attack <source>", "evaluate <t1,t2,...>": wall time
+    data_path: dict[str, dict[str, Any]] = field(default_factory=dict)  # engine time by phase (`engine_time`)
 
 
 class Job:
@@ -143,15 +137,26 @@ class Job:
         self.labels, self.ids = labels_and_ids(data)
         self.seconds: dict[str, float] = {}  # per phase-1 source and phase-2 block, models' loading included
         self.own: dict[str, np.ndarray] = {}  # clean correctness as each model's own row holds it (read once)
+        self.clock: dict[str, dict[str, float]] = {}  # per kind of pass: wait_s, transfer_s, compute_s (`Phase`)
 
     def loader(self, dataset: Dataset) -> DataLoader:
+        """On CUDA, `num_workers` worker processes prepare the batches (slices of the decoded pixels, reads of stored
+        adversarial images, or images decoded on access) and prefetch 4 each, into pinned memory (an asynchronous
+        copy), while the device computes. On CPU the models compute on the cores the workers would take: the main
+        process serves slices and stored images, and only images decoded on access use workers."""
         cuda = self.trainer.strategy.root_device.type == "cuda"
-        return DataLoader(RankShare(dataset), batch_size=None, num_workers=self.num_workers, pin_memory=cuda)
+        decoded = isinstance(dataset, Batches) and dataset.pixels is not None
+        at_hand = decoded or isinstance(dataset, AdversarialBatches)
+        workers = 0 if at_hand and not cuda else self.num_workers
+        extra = {"prefetch_factor": 4} if workers and cuda else {}
+        return DataLoader(RankShare(dataset), batch_size=None, num_workers=workers, pin_memory=cuda, **extra)
 
     def predict(self, module: Phase, dataset: Dataset, label: str) -> dict[str, np.ndarray]:
-        """Run `module` over `dataset` (one `trainer.predict`); its outputs, ORed over the devices' ranks."""
+        """Run `module` over `dataset` (one `trainer.predict`); its outputs, ORed over the devices' ranks. Its time
+        by what it waited for is added to `clock` under the pass's kind (the label's first word)."""
         if self.progress:
             self.progress.label = label
+        kind = label.split()[0]
         try:
             if self.trainer.world_size == 1:
                 self.trainer.predict(module, self.loader(dataset), return_predictions=False)
@@ -164,6 +169,9 @@ class Job:
             return {k: np.logical_or.reduce([p[k] for p in parts]) for k in parts[0]}
         finally:
             module.models = nn.ModuleList()  # the trainer keeps the module: it must not keep the models too
+            total = self.clock.setdefault(kind, {"wait_s": 0.0, "transfer_s": 0.0, "compute_s": 0.0})
+            for what, seconds in module.clock.items():
+                total[what] += seconds
 
     # ---- phase 1
 
@@ -282,7 +290,7 @@ def compute_records(
     attack: Attack,
     seed: int = 0,
     batch_size: int = 128,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     cache_dir: str | Path | None = None,
     trainer_cfg: Mapping[str, Any] | None = None,
     tile: Tile | None = None,
@@ -294,8 +302,11 @@ def compute_records(
 
     Args:
         models: the model set; a model is built only while a phase uses it.
-        cache_dir: the records cache (`<cache_dir>/records/`): rows and images are read from and written to it.
-            None: everything stays in this run (images in a temporary folder).
+        num_workers: threads of the one decode pass of images read from files (`satlab.data.pixels`) and loader
+            workers where they help (`Job.loader`); None: the cores available.
+        cache_dir: the records cache (`<cache_dir>/records/`): rows and images are read from and written to it, and
+            the decoded evaluation images (`<cache_dir>/pixels/`). None: everything stays in this run (images in a
+            temporary folder, decoded pixels in memory).
         tile: the pairs to compute (`satlab.sat.schedule`); None: the whole map. A tile's result has no
             records (they are in the cache; `satlab.sat.assemble.assemble_records` builds the map).
         store_adversarial: keep each source's images in the cache, so that new targets need no attack.
@@ -308,6 +319,10 @@ def compute_records(
         raise SatlabError(f"trainer.devices: {trainer.world_size} devices meet in the records cache: "
                           "set sat.resume=true")
     amp = use_amp(amp, trainer)
+    num_workers = default_workers() if num_workers is None else int(num_workers)
+    decoded_before = decode_report(data) is not None  # by the task, before any model work (`decode_eval`)
+    start = time.perf_counter()
+    data_fingerprint(data, num_workers, cache_dir)  # the one decode pass, unless done before
     context = row_context(attack, data, seed, trainer, amp)
     labels, ids = labels_and_ids(data)
     shape = (len(ids), *tuple(data[0][0].shape)) if len(ids) else (0,)
@@ -318,7 +333,6 @@ def compute_records(
     budget = memory_budget or device_budget(trainer)
     sizes = {n: models.nbytes(i) for i, n in enumerate(names)} if budget.nbytes is not None else {}
     result = EngineResult(None, context=context)
-    start = time.perf_counter()
     try:
         for round_ in range(6):  # attack, evaluate, check; again only for what the check dropped
             plan = plan_tile(work, job.keys, {n: store.state(n) for n in work.sources}, sizes, budget)
@@ -344,6 +358,8 @@ def compute_records(
         store.close()
     result.timings["engine_passes"] = time.perf_counter() - start
     result.seconds = job.seconds
+    result.data_path = engine_time(decode_report(data), job.clock, len(job.ids), result.timings["engine_passes"],
+                                   decoded_before)
     result.disk_bytes = store.disk_bytes(list(work.sources)) if store.keep else 0
     order = {m: i for i, m in enumerate(names)}
     result.computed = sorted(set(result.computed), key=order.__getitem__)
@@ -356,6 +372,7 @@ def compute_records(
                  "%d computed%s; %d block(s) of targets", len(result.reused), Path(cache_dir) / "records",
                  _names(result.reused), len(result.completed), _names(result.completed), len(result.computed),
                  _names(result.computed), result.blocks)
+    say_engine_time(result.data_path, num_workers)
     return result
 
 

@@ -12,6 +12,8 @@ and the engine ORs them. Batches are fixed (`Batches`), so every device and run 
 
 from __future__ import annotations
 
+import logging
+import time
 import zlib
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,8 +27,12 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from satlab.attacks import Attack
+from satlab.data import LabeledDataset, labels_and_ids
+from satlab.data.pixels import DecodeReport
 from satlab.sat.cache import from_stored, to_stored
 from satlab.utils import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 def sample_seeds(seed: int, source: str, sample_ids: torch.Tensor) -> torch.Tensor:
@@ -37,17 +43,30 @@ def sample_seeds(seed: int, source: str, sample_ids: torch.Tensor) -> torch.Tens
 
 class Batches(Dataset):
     """The evaluation data in fixed batches: item b = (images, labels, sample ids, positions) of samples
-    b*size .. (b+1)*size-1, so every device and run sees the same batches (several devices take every k-th)."""
+    b*size .. (b+1)*size-1, so every device and run sees the same batches (several devices take every k-th).
+
+    Images are uint8 [B,3,R,R] slices of the decoded pixels when the data has them (`LabeledDataset.pixels`:
+    4x less to copy and move than float32; the steps convert them on the device, `from_stored`), else the items'
+    float32 images, decoded on access.
+    """
 
     def __init__(self, data: Dataset, size: int) -> None:
         self.data, self.size = data, size
+        self.pixels = data.pixels() if isinstance(data, LabeledDataset) else None
+        if self.pixels is not None:
+            labels, ids = labels_and_ids(data)
+            self.labels, self.ids = torch.from_numpy(labels), torch.from_numpy(ids)
 
     def __len__(self) -> int:
         return -(-len(self.data) // self.size)  # type: ignore[arg-type]
 
     def __getitem__(self, b: int) -> Any:
-        stop = min((b + 1) * self.size, len(self.data))  # type: ignore[arg-type]
-        return default_collate([(*self.data[i], i) for i in range(b * self.size, stop)])
+        start, stop = b * self.size, min((b + 1) * self.size, len(self.data))  # type: ignore[arg-type]
+        if self.pixels is None:
+            return default_collate([(*self.data[i], i) for i in range(start, stop)])
+        x = self.pixels[start:stop]
+        x = x.clone() if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))  # a copy: not the map's
+        return x, self.labels[start:stop], self.ids[start:stop], torch.arange(start, stop)
 
 
 class AdversarialBatches(Dataset):
@@ -106,6 +125,8 @@ class Phase(pl.LightningModule):
         self.models = nn.ModuleList(models).eval()
         self.amp = amp
         self.spill = ""
+        self.clock = {"wait_s": 0.0, "transfer_s": 0.0, "compute_s": 0.0}  # see `on_before_batch_transfer`
+        self._mark = time.perf_counter()
 
     def outputs(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -113,6 +134,33 @@ class Phase(pl.LightningModule):
     def on_predict_start(self) -> None:
         if self.trainer.strategy.root_device.type == "cuda":
             self.models.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._mark = time.perf_counter()
+
+    # Where the pass's time goes, batch by batch: waiting for the loader's next batch (decoding on access, reading
+    # stored images), moving it to the device (on CUDA with pinned memory the copy is asynchronous: only issuing it
+    # is counted here, the copy itself in compute) and the step (the models' work; it ends by reading results back,
+    # so on CUDA it includes the device's time).
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        self._tick("wait_s")
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        self._tick("transfer_s")
+        return batch
+
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._tick("compute_s")
+
+    def _tick(self, what: str) -> None:
+        now = time.perf_counter()
+        self.clock[what] += now - self._mark
+        self._mark = now
+
+    def as_input(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch as the models see it: uint8 levels converted here, on the device (`from_stored`), in the
+        trainer's input precision, channels_last on CUDA."""
+        return self.layout(self.trainer.precision_plugin.convert_input(from_stored(x)))
 
     def on_predict_end(self) -> None:
         if self.trainer.world_size > 1:
@@ -143,7 +191,7 @@ class SourcePass(Phase):
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict:
         x, y, ids, pos = batch
-        x, model, p = self.layout(x), self.models[0], pos.cpu().numpy()
+        x, model, p = self.as_input(x), self.models[0], pos.cpu().numpy()
         with self.cast(x):
             with torch.inference_mode():
                 correct = model(x).argmax(1) == y
@@ -171,7 +219,7 @@ class CleanPass(Phase):
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict:
         x, y, _, pos = batch
-        x = self.layout(x)
+        x = self.as_input(x)
         with self.cast(x), torch.inference_mode():
             for j, model in enumerate(self.models):
                 self.correct[j, pos.cpu().numpy()] = (model(x).argmax(1) == y).cpu().numpy()
@@ -196,7 +244,7 @@ class TargetPass(Phase):
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict:
         x, y, src, pos = batch
-        x, s, p = self.layout(from_stored(x)), src.cpu().numpy(), pos.cpu().numpy()
+        x, s, p = self.as_input(x), src.cpu().numpy(), pos.cpu().numpy()
         with self.cast(x), torch.inference_mode():
             for j, model in enumerate(self.models):
                 mask = self.correct[j, p] & self.need[s, j]
@@ -216,3 +264,41 @@ class EngineProgress(TQDMProgressBar):
     @property
     def predict_description(self) -> str:
         return self.label
+
+
+# ------------------------------------------------------------------------------------------ where the time went
+
+INPUT_BOUND = 0.10  # a run whose models waited for data more than this share of the engine's time is input-bound
+
+
+def engine_time(report: DecodeReport | None, clock: dict[str, dict[str, float]], images: int, engine_s: float,
+                decoded_before: bool) -> dict[str, dict[str, Any]]:
+    """summary.json's `engine_time`: the decode pass, then per kind of pass (attack, clean, evaluate: `clock`, summed
+    from each `Phase.clock`) the seconds spent waiting for data, moving it to the device and in the models' steps,
+    and the whole run's waiting share (the decode pass and the waits, over the engine's time, plus the decode pass
+    when the task ran it before the engine: `decoded_before`)."""
+    decode_s = report.seconds if report else 0.0
+    engine_s += decode_s if decoded_before else 0.0
+    decode = {"seconds": round(decode_s, 3), "images": images, "decodes": report.decodes if report else 0,
+              "workers": report.workers if report else 0,
+              "kept_in": report.where if report else "not decoded by the engine (in-memory images)"}
+    phases = {k: {w: round(v, 3) for w, v in c.items()} for k, c in clock.items()}
+    waited = decode_s + sum(c["wait_s"] for c in clock.values())
+    share = waited / engine_s if engine_s > 0 else 0.0
+    return {"decode": decode, **phases,
+            "total": {"engine_s": round(engine_s, 3), "waiting_for_data_s": round(waited, 3),
+                      "waiting_share": round(share, 4), "input_bound": share > INPUT_BOUND}}
+
+
+def say_engine_time(path: dict[str, dict[str, Any]], workers: int) -> None:
+    """The engine's closing line: where its time went, and what to change when the models waited for data."""
+    total, decode = path["total"], path["decode"]
+    steps = sum(c.get("compute_s", 0.0) for k, c in path.items() if k not in ("decode", "total"))
+    line = (f"engine time {total['engine_s']:.1f} s: decode {decode['seconds']:.1f} s ({decode['decodes']} image(s) "
+            f"decoded), models {steps:.1f} s, waiting for data {100 * total['waiting_share']:.0f} % (decode included)")
+    if total["input_bound"]:
+        log.warning("%s: input-bound (over %.0f %%): raise sat.num_workers (now %d; at most the cores), keep "
+                    "sat.resume=true so that the decoded images are reused from the cache, and put paths.cache_dir "
+                    "on a local disk", line, 100 * INPUT_BOUND, workers)
+    else:
+        log.info("%s", line)

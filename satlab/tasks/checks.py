@@ -83,7 +83,8 @@ SCHEMA: dict[str, Key] = {
     # task=sat
     "sat.eps_s": FLOOR,
     "sat.batch_size": COUNT,
-    "sat.num_workers": WORKERS,
+    "sat.num_workers": Key("int", 0, nullable=True, null_means="the cores available",
+                           note="threads of the one decode pass; loader workers where they help"),
     "sat.resume": BOOL,
     "sat.print_table": BOOL,
     "sat.n_bootstrap": CI_RESAMPLES,

@@ -106,6 +106,22 @@ def short_classes(data: Any, asked: int | None) -> str | None:
             "samples_per_class adds none, more images in the dataset do")
 
 
+def decode_eval(data: Any, cache_dir: str | Path | None, workers: Any = None) -> None:
+    """The evaluation images decoded once, in parallel, before any model work (`satlab.data.pixels`), and kept for
+    every later pass of the task: in memory, written to `cache_dir` by the engine or prediction pass once the models
+    are checked (so that bad input leaves no file; later runs decode nothing), or read from there when a run wrote
+    them before. An unreadable image, or no room for them in the cache nor in memory, is one SatlabError here.
+
+    Args:
+        data: the task's DatasetSplits (its `eval` split is decoded).
+        cache_dir: the cache folder (paths.cache_dir when the task reuses its caches), or None.
+        workers: decoding threads (sat.num_workers); None: the cores available.
+    """
+    from satlab.data import data_fingerprint
+
+    data_fingerprint(data.eval, None if workers is None else int(workers), cache_dir, write=False)
+
+
 def open_models(cfg: DictConfig, data: Any, names: list[str] | None = None, own_heads: bool = False) -> Any:
     """The task's model set (`satlab.train.open_model_set`): `cfg.model_set` for `data`, checked, none built."""
     from satlab.train import open_model_set

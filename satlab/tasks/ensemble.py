@@ -30,7 +30,8 @@ from satlab.models.specs import model_specs
 from satlab.sat import metric
 from satlab.sat.engine import compute_records, records_context
 from satlab.sat.records import read_matrix, write_matrix
-from satlab.tasks.common import build, command_line, eval_data, open_models, output_dir, trainer_config, write_summary
+from satlab.tasks.common import (build, command_line, decode_eval, eval_data, open_models, output_dir, trainer_config,
+                                 write_summary)
 from satlab.tasks.runs import find_map, read_summary, run_dirs
 from satlab.tasks.tracking import start_tracking
 from satlab.utils import SatlabError, write_csv, write_text
@@ -95,6 +96,7 @@ def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     attack = build(cfg, "attack")
     data = eval_data(cfg)
+    decode_eval(data, Path(cfg.paths.cache_dir) if ecfg.resume else None)  # before any model work
     models = open_models(cfg, data)
     trainer_cfg = trainer_config(cfg)
     context = records_context(attack, data.eval, int(cfg.seed), trainer_cfg)

@@ -24,8 +24,8 @@ from satlab.sat.assemble import assemble_records
 from satlab.sat.engine import check_budget, compute_records
 from satlab.sat.records import Records, save_records, write_matrix
 from satlab.sat.schedule import Tile, job_tile, parse_budget, tile_list
-from satlab.tasks.common import (build, eval_data, open_models, output_dir, short_classes, trainer_config,
-                                 write_summary)
+from satlab.tasks.common import (build, decode_eval, eval_data, open_models, output_dir, short_classes,
+                                 trainer_config, write_summary)
 from satlab.tasks.tracking import start_tracking
 from satlab.utils import SatlabError, check_writable_dir, plain, write_csv
 
@@ -44,6 +44,8 @@ def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     data = eval_data(cfg, attack)
     asked = OmegaConf.select(cfg, "dataset.samples_per_class", default=None)
+    cache = Path(cfg.paths.cache_dir) if params.resume else None
+    decode_eval(data, cache, params.num_workers)  # before any model work; the pixel file once the models are checked
     timings = {"data": time.perf_counter() - start}
     log.info("attack %s", attack.summary())  # the budget used; attack.notes say what was adjusted
     start = time.perf_counter()
@@ -59,14 +61,15 @@ def run(cfg: DictConfig) -> dict:
     tracker = start_tracking(cfg, "sat", out)
     if not assemble:
         result = compute_records(
-            models, data.eval, attack, batch_size=int(params.batch_size), num_workers=int(params.num_workers),
-            cache_dir=Path(cfg.paths.cache_dir) if params.resume else None, tile=tile,
+            models, data.eval, attack, batch_size=int(params.batch_size), num_workers=params.num_workers,
+            cache_dir=cache, tile=tile,
             store_adversarial=bool(params.store_adversarial), memory_budget=budget, **engine)
     timings["engine"] = time.perf_counter() - start
     timings.update(result.timings)
     progress = {"reused_sources": result.reused, "computed_sources": result.computed,
                 "completed_sources": result.completed, "records_context": result.context,
-                "target_blocks": result.blocks, "cache_disk_mib": round(result.disk_bytes / 2**20, 2)}
+                "target_blocks": result.blocks, "cache_disk_mib": round(result.disk_bytes / 2**20, 2),
+                "engine_time": result.data_path}
     if result.records is None:  # a tile: its rows are in the cache
         progress["dataset_notes"] = data.notes
         return tile_done(cfg, out, tracker, timings, tile, progress)  # type: ignore[arg-type]
