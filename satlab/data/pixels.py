@@ -34,8 +34,8 @@ import PIL
 import torchvision
 
 from satlab.data.common import FileImages, LabeledDataset
-from satlab.utils import (SatlabError, atomic_path, check_free_space, file_lock, move_aside, no_space_message, reserve,
-                          verified)
+from satlab.utils import (SatlabError, atomic_path, check_free_space, file_lock, human_bytes, move_aside,
+                          no_space_message, reserve, verified)
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +185,10 @@ def has_room(path: Path, nbytes: int) -> bool:
         return True
     except SatlabError:
         if not fits_in_memory(nbytes):
-            raise SatlabError(f"the decoded evaluation images ({nbytes / 2**20:.1f} MiB) fit neither in the cache nor "
+            raise SatlabError(f"the decoded evaluation images ({human_bytes(nbytes)}) fit neither in the cache nor "
                               f"in memory: {no_space_message(path.parent, nbytes)}") from None
-        log.warning("no room for the decoded evaluation images (%.1f MiB) in %s: keeping them in memory for this "
-                    "run only (%s)", nbytes / 2**20, path.parent, no_space_message(path.parent, nbytes))
+        log.warning("no room for the decoded evaluation images (%s) in %s: keeping them in memory for this "
+                    "run only (%s)", human_bytes(nbytes), path.parent, no_space_message(path.parent, nbytes))
         return False
 
 
