@@ -47,6 +47,8 @@ QUIET_WARNINGS = (
     r"litlogger|litmodels",  # Lightning's advertisements
     r"module\(s\) in eval mode at the start of training",  # frozen teachers (distillation) are meant to be
     r"is smaller than the logging interval",  # Lightning's step logging; satlab logs per epoch
+    r"The `srun` command is available on your system but is not used",  # Lightning's hint where SLURM is
+    # installed: a satlab job is one process (several devices: forked ranks), srun adds nothing (scale-out.md)
 )
 
 
@@ -326,6 +328,15 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"satlab: error: {_one_line(str(err))}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:  # noqa: BLE001 - submitit: a job that ended without a result (cancelled, killed)
+        if type(err).__name__ != "UncompletedJobError" or SweepCallback.started is None:
+            raise
+        _finish_sweep()
+        lines = str(err).splitlines()
+        print(f"satlab: sweep: {_one_line(' '.join(lines[:2]))}; the sweep stops waiting here (jobs still running "
+              "write the overview when they end); the map's progress: the same command with sat.status=true "
+              "instead of sat.tile (docs/scale-out.md)", file=sys.stderr)
+        sys.exit(1)
     status = _finish_sweep()
     if status:
         sys.exit(status)

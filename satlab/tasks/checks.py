@@ -83,6 +83,7 @@ SCHEMA: dict[str, Key] = {
     "sat.print_table": BOOL,
     "sat.n_bootstrap": Key("int", 0, note="resamples for sat_ci.csv; 0: no CIs"),
     "sat.assemble": BOOL,
+    "sat.status": BOOL,
     "sat.store_adversarial": BOOL,
     # task=analyze (analyze.n_clusters and analyze.test_size are checked against the matrix's size)
     "analyze.seed": SEED,
