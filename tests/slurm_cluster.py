@@ -14,7 +14,7 @@ clusters can run side by side. Jobs run as root in the cluster's one partition `
 
 Settings (slurm.conf): `ProctrackType=proctrack/linuxproc`, `TaskPlugin=task/none` (no cgroups needed),
 `SelectType=select/cons_tres` with CPUs as the consumable resource, no accounting (`sacct` answers from the
-controller), `KillWait=5` (a cancelled or requeued job gets SIGTERM, then SIGKILL 5 s later).
+controller), `KillWait=2` (a cancelled or requeued job gets SIGTERM, then SIGKILL 2 s later; submitit lets its jobs run on after SIGTERM).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
-KillWait=5
+KillWait=2
 MinJobAge=600
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
