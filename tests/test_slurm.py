@@ -122,11 +122,12 @@ def one_process(cluster, tmp_path_factory):
     return root / "out"
 
 
-def assemble_equals(cluster, cwd: Path, cache: Path, tiles: str, one_process: Path) -> None:
+def assemble_equals(satlab_in_process, cwd: Path, cache: Path, tiles: str, one_process: Path) -> None:
+    """`sat.assemble=true` (no SLURM needed: run in this process) gives the one-process map, bit for bit."""
     out = cwd / "assembled"
-    code, _, err = ran(cluster, cwd, *MAP, f"sat.tiles={tiles}", "sat.assemble=true", f"paths.cache_dir={cache}",
-                       f"paths.output_dir={out}")
-    assert code == 0, err[-3000:]
+    done = satlab_in_process([*MAP, f"sat.tiles={tiles}", "sat.assemble=true", f"paths.cache_dir={cache}",
+                              f"paths.output_dir={out}"], cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
     a, b = load_records(out / "records.npz"), load_records(one_process / "records.npz")
     for key in ("models", "sample_ids", "labels", "correct", "fooled"):
         assert np.array_equal(np.asarray(getattr(a, key)), np.asarray(getattr(b, key))), key
@@ -137,7 +138,8 @@ def summary(sweep: Path, job: int) -> dict:
     return json.loads((sweep / str(job) / "summary.json").read_text())
 
 
-def test_tile_array_with_a_failing_job_then_assemble_equals_one_process(cluster, tmp_path, one_process):
+def test_tile_array_with_a_failing_job_then_assemble_equals_one_process(cluster, tmp_path, one_process,
+        satlab_in_process):
     cache, sweep = tmp_path / "cache", tmp_path / "multirun"
     # sat.tile=2 does not exist in a 2x1 grid: that job fails (bad input) while the two tiles finish
     code, out, err = ran(cluster, tmp_path, "-m", *MAP, "sat.tiles=2x1", "sat.tile=0,1,2", f"paths.cache_dir={cache}",
@@ -156,10 +158,11 @@ def test_tile_array_with_a_failing_job_then_assemble_equals_one_process(cluster,
     logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
     assert "srun` command is available" not in logs + console
     assert rows(cache) == sorted(NAMES)
-    assemble_equals(cluster, tmp_path, cache, "2x1", one_process)
+    assemble_equals(satlab_in_process, tmp_path, cache, "2x1", one_process)
 
 
-def test_requeued_tile_resumes_from_what_its_first_attempt_wrote(cluster, tmp_path, one_process):
+def test_requeued_tile_resumes_from_what_its_first_attempt_wrote(cluster, tmp_path, one_process,
+        satlab_in_process):
     cache, sweep = tmp_path / "cache", tmp_path / "multirun"
     # one tile with every source (a sweep of one job), requeued after its first source's row is written
     proc = satlab(cluster, tmp_path, "-m", *MAP, "sat.tiles=1x1", "sat.tile=0", f"paths.cache_dir={cache}",
@@ -185,10 +188,11 @@ def test_requeued_tile_resumes_from_what_its_first_attempt_wrote(cluster, tmp_pa
     assert "Restarts=1" in job_info(cluster, job)
     log = next((sweep / ".submitit").glob(f"{job}/{job}_0_log.out")).read_text()
     assert log.count("Starting with JobEnvironment") == 2, log[-3000:]  # both attempts wrote into the one log
-    assemble_equals(cluster, tmp_path, cache, "1x1", one_process)
+    assemble_equals(satlab_in_process, tmp_path, cache, "1x1", one_process)
 
 
-def test_cancelled_tile_is_named_shown_and_completed_alone(cluster, tmp_path, one_process):
+def test_cancelled_tile_is_named_shown_and_completed_alone(cluster, tmp_path, one_process,
+        satlab_in_process):
     cache, sweep = tmp_path / "cache", tmp_path / "multirun"
     tile1 = ["test_vit", "test_efficientnet"]  # tile 1 of 2x1: every second model from the second
     proc = satlab(cluster, tmp_path, "-m", *MAP, "sat.tiles=2x1", "sat.tile=0,1", f"paths.cache_dir={cache}",
@@ -210,14 +214,15 @@ def test_cancelled_tile_is_named_shown_and_completed_alone(cluster, tmp_path, on
         if not path.name.startswith("."):
             assert read_row(path) is not None, path
     assert not list((cache / "records").glob("*.bad*")) and not list((cache / "records").glob("*damaged*"))
-    code, _, err = ran(cluster, tmp_path, *MAP, "sat.tiles=2x1", "sat.assemble=true", f"paths.cache_dir={cache}",
-                       f"paths.output_dir={tmp_path / 'early'}")
-    assert code == 2 and "1 of 2 tile(s) are not in the cache: sat.tile=1 " in err, err[-3000:]
+    early = satlab_in_process([*MAP, "sat.tiles=2x1", "sat.assemble=true", f"paths.cache_dir={cache}",
+                               f"paths.output_dir={tmp_path / 'early'}"], tmp_path)
+    assert early.returncode == 2 and "1 of 2 tile(s) are not in the cache: sat.tile=1 " in early.stderr, early.stderr
     assert not (tmp_path / "early" / "sat_matrix.csv").exists()
     # the progress view: tile 0 done, tile 1 not, where its job logged, the command for tile 1 alone
-    code, status, err = ran(cluster, tmp_path, *MAP, "sat.tiles=2x1", "sat.status=true", f"paths.cache_dir={cache}",
-                            f"paths.output_dir={tmp_path / 'status'}")
-    assert code == 0, err[-3000:]
+    view = satlab_in_process([*MAP, "sat.tiles=2x1", "sat.status=true", f"paths.cache_dir={cache}",
+                              f"paths.output_dir={tmp_path / 'status'}"], tmp_path)
+    assert view.returncode == 0, view.stderr[-3000:]
+    status = view.stdout
     lines = status.splitlines()
     assert any(line.startswith("tile 0 (2 source(s) x 4 target(s)): done") for line in lines), status
     assert any(line.startswith("tile 1 (2 source(s) x 4 target(s)): partly done") for line in lines), status
@@ -233,10 +238,11 @@ def test_cancelled_tile_is_named_shown_and_completed_alone(cluster, tmp_path, on
     done = json.loads(next((tmp_path / "again" / "multirun").glob("sat/*/0/summary.json")).read_text())
     assert done["tile"]["index"] == 1
     assert before and sorted(done["computed_sources"]) == sorted(set(tile1) - set(before)), (before, done)
-    assemble_equals(cluster, tmp_path, cache, "2x1", one_process)
+    assemble_equals(satlab_in_process, tmp_path, cache, "2x1", one_process)
 
 
-def test_two_array_tasks_share_their_sources(cluster, tmp_path, one_process):
+def test_two_array_tasks_share_their_sources(cluster, tmp_path, one_process,
+        satlab_in_process):
     cache, sweep = tmp_path / "cache", tmp_path / "multirun"
     # 1x2: both tiles hold every source (each with half of the targets); the array runs them at once
     code, out, err = ran(cluster, tmp_path, "-m", *MAP, "sat.tiles=1x2", "sat.tile=range(2)",
@@ -251,4 +257,4 @@ def test_two_array_tasks_share_their_sources(cluster, tmp_path, one_process):
     assert a["computed_sources"] and b["computed_sources"], "the two tasks did not run at once"
     logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
     assert "waiting for another run that is computing the records of source" in logs
-    assemble_equals(cluster, tmp_path, cache, "1x2", one_process)
+    assemble_equals(satlab_in_process, tmp_path, cache, "1x2", one_process)
