@@ -158,6 +158,8 @@ def report(states: Sequence[TileState], records: dict[int, dict[str, Any]], own:
             job = f"SLURM job {record['slurm_job']}, " if record.get("slurm_job") else ""
             where = f"log {record['log']}" if record.get("log") else f"run folder {record.get('run_dir')}"
             lines.append(f"    {job}started {record.get('started')}: {where}")
+        elif not state.done:
+            lines.append("    no job has started its work yet (a job records itself once its models are open)")
     counts = {label: sum(s.label() == label for s in states) for label in ("done", "partly done", "missing")}
     lines.append(f"{len(states)} tile(s): " + ", ".join(f"{n} {label}" for label, n in counts.items()))
     if counts["done"] == len(states):
