@@ -334,8 +334,8 @@ def main(argv: list[str] | None = None) -> None:
         _finish_sweep()
         lines = str(err).splitlines()
         print(f"satlab: sweep: {_one_line(' '.join(lines[:2]))}; the sweep stops waiting here (jobs still running "
-              "write the overview when they end); the map's progress: the same command with sat.status=true "
-              "instead of sat.tile (docs/scale-out.md)", file=sys.stderr)
+              "write the overview when they end); for a tiled map, the same command with sat.status=true instead "
+              "of sat.tile shows which tiles are done (docs/scale-out.md)", file=sys.stderr)
         sys.exit(1)
     status = _finish_sweep()
     if status:

@@ -14,7 +14,8 @@ clusters can run side by side. Jobs run as root in the cluster's one partition `
 
 Settings (slurm.conf): `ProctrackType=proctrack/linuxproc`, `TaskPlugin=task/none` (no cgroups needed),
 `SelectType=select/cons_tres` with CPUs as the consumable resource, no accounting (`sacct` answers from the
-controller), `KillWait=2` (a cancelled or requeued job gets SIGTERM, then SIGKILL 2 s later; submitit lets its jobs run on after SIGTERM).
+controller), `KillWait=2` (a cancelled or requeued job gets SIGTERM, then SIGKILL 2 s later; submitit lets its
+jobs run on after SIGTERM).
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ def test_status_of_a_map_with_missing_and_partial_tiles(tmp_path, satlab_in_proc
     assert "tile 1 (1 source(s) x 4 target(s)): done" in lines
     assert "tile 2 (1 source(s) x 4 target(s)): partly done - partly: test_convnext (2 of 4 targets)" in lines
     assert "tile 3 (1 source(s) x 4 target(s)): missing" in lines
-    assert lines[lines.index("tile 3 (1 source(s) x 4 target(s)): missing") + 1].strip().startswith("no job has started")
+    after_tile_3 = lines[lines.index("tile 3 (1 source(s) x 4 target(s)): missing") + 1]
+    assert after_tile_3.strip().startswith("no job has started")
     assert "4 tile(s): 1 done, 2 partly done, 1 missing" in lines
     run_of_tile_1 = lines[lines.index("tile 1 (1 source(s) x 4 target(s)): done") + 1]
     assert run_of_tile_1.strip().startswith("started ") and "run folder " in run_of_tile_1  # where tile 1 ran

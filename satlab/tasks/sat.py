@@ -50,7 +50,7 @@ def run(cfg: DictConfig) -> dict:
     check_budget(models, budget)  # from the architectures: before any model is trained or loaded
     keys = models.keys()
     timings["models"] = time.perf_counter() - start
-    if status:  # where a tiled map stands, from the cache; nothing runs, nothing is written
+    if status:  # where a tiled map stands, from the cache: no model runs, no result file is written
         return tile_status.show(cfg, models.names, keys, attack, data.eval, tiles)  # type: ignore[arg-type]
     if tile is not None and tile.index is not None:  # a tile of sat.tiles: where its job runs, for sat.status
         tile_status.record_this_job(cfg, models.names, keys, attack, data.eval, tile, out)

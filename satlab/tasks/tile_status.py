@@ -14,6 +14,7 @@ as the jobs write them (atomically, so a cancelled job leaves whole rows or none
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -60,8 +61,6 @@ def record_job(cache_dir: str | Path, key: str, tile: Tile, run_dir: Path, task:
 
 
 def read_record(cache_dir: str | Path, key: str, index: int) -> dict[str, Any] | None:
-    import json
-
     try:
         found = json.loads(record_path(cache_dir, key, index).read_text())
     except (OSError, ValueError):
