@@ -209,11 +209,12 @@ def test_cancelled_tile_is_named_shown_and_completed_alone(cluster, tmp_path, on
     assert code == 1, err[-3000:]
     assert f"satlab: sweep: Job {job} (task: 0)" in err and "CANCELLED" in err and "Traceback" not in err, err[-3000:]
     assert "JobState=CANCELLED" in job_info(cluster, job)
-    # every row in the cache is whole (a half-written file would be moved aside as damaged)
+    # every row in the cache, and the images beside it, read whole (a damaged file would be moved aside)
     for path in (cache / "records").glob("*.npz"):
         if not path.name.startswith("."):
             assert read_row(path) is not None, path
-    assert not list((cache / "records").glob("*.bad*")) and not list((cache / "records").glob("*damaged*"))
+            assert np.load(path.with_suffix(".adv.npy"), mmap_mode="r").shape[0] == 40, path
+    assert not list((cache / "records").glob("*.corrupt-*"))
     early = satlab_in_process([*MAP, "sat.tiles=2x1", "sat.assemble=true", f"paths.cache_dir={cache}",
                                f"paths.output_dir={tmp_path / 'early'}"], tmp_path)
     assert early.returncode == 2 and "1 of 2 tile(s) are not in the cache: sat.tile=1 " in early.stderr, early.stderr
