@@ -49,6 +49,8 @@ QUIET_WARNINGS = (
     r"litlogger|litmodels",  # Lightning's advertisements
     r"module\(s\) in eval mode at the start of training",  # frozen teachers (distillation) are meant to be
     r"is smaller than the logging interval",  # Lightning's step logging; satlab logs per epoch
+    r"The `srun` command is available on your system but is not used",  # Lightning's hint where SLURM is
+    # installed: a satlab job is one process (several devices: forked ranks), srun adds nothing (scale-out.md)
 )
 
 
@@ -322,6 +324,21 @@ def _launch_failed(err: BaseException) -> None:
     sys.exit(2)
 
 
+def _job_without_result(err: BaseException) -> None:
+    """A submitit job that ended without a result (cancelled, killed): the overview, one line, exit status 1.
+    Otherwise return (the caller raises)."""
+    from satlab.tasks.sweep import SweepCallback
+
+    if type(err).__name__ != "UncompletedJobError" or SweepCallback.started is None:
+        return
+    _finish_sweep()
+    lines = str(err).splitlines()
+    print(f"satlab: sweep: {_one_line(' '.join(lines[:2]))}; the sweep stops waiting here (jobs still running "
+          "write the overview when they end); for a tiled map, the same command with sat.status=true instead "
+          "of sat.tile shows which tiles are done (docs/scale-out.md)", file=sys.stderr)
+    sys.exit(1)
+
+
 def _finish_sweep() -> int:
     """At the end of a sweep: rebuild its overview, print where it is and which jobs failed; the exit status (0
     none failed, 2 bad input only, 1 a crash). Jobs that ran in other processes are read from their folders."""
@@ -390,8 +407,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"satlab: error: {_one_line(str(err))}", file=sys.stderr)
         sys.exit(2)
-    except RuntimeError as err:  # submitit found no SLURM (no srun, sbatch failed): one line; others are raised
+    except RuntimeError as err:  # submitit: no SLURM to take the sweep (exit 2), a job ended without a result (1)
         _launch_failed(err)
+        _job_without_result(err)
         raise
     status = _finish_sweep()
     if status:

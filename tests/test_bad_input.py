@@ -180,6 +180,8 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["sat.tiles=[{sources:[test_vit],targets:all}]", "sat.tile=0"],
      "sat.tiles leave 12 pair(s) of the map in no tile (test_resnet -> test_resnet"),
     (["sat.tiles=2x2", "sat.tile=0", "sat.resume=false"], "meet in the records cache: set sat.resume=true"),
+    (["sat.status=true"], "sat.status=true shows the tiles of a tiled map: give the sat.tiles of its sweep"),
+    (["sat.tiles=2x2", "sat.tile=0", "sat.status=true"], "without sat.tile, sat.shard or sat.assemble"),
     (["sat.memory_budget=0"], "sat.memory_budget=0: phase 2 needs at least one model resident"),
     (["sat.memory_budget=0.5MiB"], "sat.memory_budget=0.5MiB is smaller than model 'test_resnet'"),
     (["sat.memory_budget=lots"], "sat.memory_budget=lots: use auto, a number of models (e.g. 4) or a size"),

@@ -89,6 +89,7 @@ SCHEMA: dict[str, Key] = {
     "sat.print_table": BOOL,
     "sat.n_bootstrap": CI_RESAMPLES,
     "sat.assemble": BOOL,
+    "sat.status": BOOL,
     "sat.store_adversarial": BOOL,
     # task=analyze (analyze.n_clusters and analyze.test_size are checked against the matrix's size)
     "analyze.seed": SEED,

@@ -24,6 +24,7 @@ from satlab.sat.assemble import assemble_records
 from satlab.sat.engine import check_budget, compute_records
 from satlab.sat.records import Records, save_records, write_matrix
 from satlab.sat.schedule import Tile, job_tile, parse_budget, tile_list
+from satlab.tasks import tile_status
 from satlab.tasks.common import (build, decode_eval, eval_data, open_models, output_dir, short_classes,
                                  trainer_config, write_summary)
 from satlab.tasks.tracking import start_tracking
@@ -37,8 +38,8 @@ def run(cfg: DictConfig) -> dict:
     params = cfg.sat
     check_writable_dir(cfg.paths.cache_dir, "paths.cache_dir")
     out = output_dir(cfg)
-    assemble = bool(params.assemble)
-    tile, tiles = job_of(cfg, model_specs_names(cfg), assemble)
+    assemble, status = bool(params.assemble), bool(params.get("status", False))
+    tile, tiles = job_of(cfg, model_specs_names(cfg), assemble, status)
     budget = parse_budget(params.memory_budget)
     attack = build(cfg, "attack")
     start = time.perf_counter()
@@ -53,6 +54,10 @@ def run(cfg: DictConfig) -> dict:
     check_budget(models, budget)  # from the architectures: before any model is trained or loaded
     keys = models.keys()
     timings["models"] = time.perf_counter() - start
+    if status:  # where a tiled map stands, from the cache: no model runs, no result file is written
+        return tile_status.show(cfg, models.names, keys, attack, data.eval, tiles)  # type: ignore[arg-type]
+    if tile is not None and tile.index is not None:  # a tile of sat.tiles: where its job runs, for sat.status
+        tile_status.record_this_job(cfg, models.names, keys, attack, data.eval, tile, out)
 
     start = time.perf_counter()
     engine = dict(seed=int(cfg.seed), trainer_cfg=trainer_config(cfg))
@@ -109,11 +114,17 @@ def map_title(model_set: str, dataset: str, attack, n_images: int) -> str:
     return f"SAT: {model_set} on {dataset} ({n_images} images)\n{attack.name}, {norm} eps={eps}, {steps}"
 
 
-def job_of(cfg: DictConfig, names: list[str], assemble: bool) -> tuple[Tile | None, list[Tile] | None]:
+def job_of(cfg: DictConfig, names: list[str], assemble: bool, status: bool = False
+           ) -> tuple[Tile | None, list[Tile] | None]:
     """This job's tile (None: the whole map) from `sat.shard` / `sat.tiles` + `sat.tile`, and the list of tiles
-    (checked to cover the map once), checked against `sat.assemble` and `sat.resume`."""
+    (checked to cover the map once), checked against `sat.assemble`, `sat.status` and `sat.resume`."""
     params = cfg.sat
     tiles = plain(params.tiles)
+    if status:
+        if assemble or tiles is None or plain(params.tile) is not None or plain(params.shard) not in (None, ""):
+            raise SatlabError("sat.status=true shows the tiles of a tiled map: give the sat.tiles of its sweep "
+                              "(e.g. sat.tiles=8x1), without sat.tile, sat.shard or sat.assemble")
+        return None, tile_list(names, tiles)
     tile = job_tile(names, plain(params.shard), tiles, plain(params.tile), assemble)
     if (assemble or tile is not None) and not params.resume:
         raise SatlabError("sat.shard, sat.tiles and sat.assemble meet in the records cache: set sat.resume=true")

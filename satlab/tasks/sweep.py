@@ -37,7 +37,8 @@ class SweepCallback(Callback):
     """Hydra callback (`hydra.callbacks.satlab_sweep` in conf/config.yaml): records, in the process that starts a
     sweep, where the sweep folder is, whichever launcher runs the jobs (submitit runs them in other processes), so
     `satlab.cli` can write the final overview and report the failed jobs. `started` is that folder (None: no
-    sweep has started in this process since `satlab.cli.main` reset it)."""
+    sweep has started in this process since `satlab.cli.main` reset it). With the SLURM launcher it also makes
+    submitit read job states quietly (`satlab.tasks.cluster.watch_job_states`)."""
 
     started: Path | None = None
 
@@ -48,6 +49,10 @@ class SweepCallback(Callback):
             config: the multirun's config; kwargs: what else Hydra passes (unused).
         """
         SweepCallback.started = Path(str(config.hydra.sweep.dir))
+        if "SlurmLauncher" in str(config.hydra.launcher.get("_target_", "")):
+            from satlab.tasks.cluster import watch_job_states
+
+            watch_job_states()  # quiet status polls on a SLURM without accounting
 
 
 def write_job_status(job_dir: str | Path, job: int, status: str, message: str = "") -> Path:
