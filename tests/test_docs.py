@@ -66,7 +66,8 @@ def _code_lines(text: str) -> list[tuple[int, str]]:
             in_fence = not in_fence
             shell = in_fence and line.strip().lstrip("`~").strip().lower() not in NOT_SHELL
             continue
-        if (in_fence and shell) or (line.startswith("    ") and line.strip().startswith("satlab ")) or pending:
+        indented = not in_fence and line.startswith("    ") and line.strip().startswith("satlab ")  # not output
+        if (in_fence and shell) or indented or pending:
             if not pending:
                 start = number
             if line.rstrip().endswith("\\"):

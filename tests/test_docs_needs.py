@@ -38,7 +38,6 @@ SAYS = {WEIGHTS: re.compile(r"pretrained weights"), GPU: re.compile(r"gpu", re.I
 MARKED_RUNS = {"-m experiment=paper69_calibration dataset.root=/data/imagenet/val":
                ['hydra.sweeper.params={attack.eps:"0.0039215686",attack.steps:"2"}']}
 # pages whose commands another change rewrites (the SLURM recipe): marked there, checked once it lands
-UNMARKED_FOR_NOW = {"docs/scale-out.md": "its SLURM recipe is being rewritten (SLURM tests); mark it then"}
 MARKED = [c for c in COMMANDS if c.needs and not c.where.startswith("experiments/")]
 DOC_COMMANDS = [c for c in COMMANDS if not c.where.startswith("experiments/")]
 
@@ -69,8 +68,6 @@ def test_what_a_fresh_clone_lacks_is_marked(command):
     """A command naming a folder outside the clone or a placeholder, a GPU, the SLURM launcher or a download says
     so in its marking."""
     page = command.where.split(":")[0]
-    if page in UNMARKED_FOR_NOW:
-        pytest.skip(f"{page}: {UNMARKED_FOR_NOW[page]}")
     text, needed = command.text, kinds(command)
     outside = [p for p in paths(command) if DUMMY in p or p.startswith("/") and not p.startswith("/tmp/")]
     if outside:
