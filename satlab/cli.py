@@ -289,7 +289,8 @@ def _launch_message(err: BaseException) -> str | None:
     while tb is not None:
         frames.append(Path(tb.tb_frame.f_code.co_filename).parts)
         tb = tb.tb_next
-    if not any("submitit" in parts for parts in frames) or not isinstance(err, (RuntimeError, OSError)):
+    if not any("submitit" in parts for parts in frames) or not isinstance(err, (RuntimeError, OSError)) \
+            or type(err).__name__ == "UncompletedJobError":  # a job ran and ended without a result: not the launch
         return None
     no_sbatch = isinstance(err, FileNotFoundError) and Path(str(err.filename or "")).name == "sbatch"
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
@@ -408,8 +409,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"satlab: error: {_one_line(str(err))}", file=sys.stderr)
         sys.exit(2)
     except RuntimeError as err:  # submitit: no SLURM to take the sweep (exit 2), a job ended without a result (1)
-        _launch_failed(err)
         _job_without_result(err)
+        _launch_failed(err)
         raise
     status = _finish_sweep()
     if status:

@@ -193,17 +193,23 @@ def checksum_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def verified(path: str | os.PathLike) -> bool:
+def verified(path: str | os.PathLike, tries: int = 3, pause: float = 0.2) -> bool:
     """Whether the cache file `path` exists and matches its checksum; a file that does not is moved aside with
-    a warning naming it (with its checksum), so the caller recomputes it and never uses it."""
+    a warning naming it (with its checksum), so the caller recomputes it and never uses it.
+
+    Another process may be rewriting the file (its new checksum is written just before the new file replaces the
+    old one), so a mismatch is damage only when it holds `tries` times, `pause` seconds apart."""
     path = Path(path)
-    if not path.is_file():
-        return False
-    problem = checksum_problem(path)
-    if problem is not None:
-        move_aside(path, problem)
-        return False
-    return True
+    for attempt in range(tries):
+        if not path.is_file():
+            return False
+        problem = checksum_problem(path)
+        if problem is None:
+            return True
+        if attempt + 1 < tries:
+            time.sleep(pause)
+    move_aside(path, problem)  # type: ignore[arg-type]
+    return False
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

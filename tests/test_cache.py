@@ -346,3 +346,35 @@ def test_damaged_images_between_runs_end_in_a_line_and_the_clean_map(tmp_path, s
     said = [line for line in (again.stdout + again.stderr).splitlines() if "damaged cache file" in line]
     assert len(said) == 1 and str(stored) in said[0] and "checksum" in said[0]
     assert (tmp_path / "again" / "sat_matrix.csv").read_bytes() == (tmp_path / "clean" / "sat_matrix.csv").read_bytes()
+
+
+def _rewrite(path: Path, times: int) -> None:
+    """Another process growing a cache file again and again (new content each time), as concurrent runs do."""
+    import time as clock
+
+    from satlab.utils import atomic_path
+
+    for k in range(times):
+        with atomic_path(path, checksum=True) as tmp:
+            tmp.write_bytes(os.urandom(4096 + k))
+        clock.sleep(0.005)
+
+
+def test_a_file_rewritten_by_another_process_is_never_taken_for_damaged(tmp_path):
+    """The checksum is written just before the new file replaces the old one: a reader in between sees a new
+    checksum beside old bytes. That must not count as damage (it moved valid rows aside before the retry)."""
+    import multiprocessing
+
+    from satlab.utils import atomic_path, verified
+
+    path = tmp_path / "row.npz"
+    with atomic_path(path, checksum=True) as tmp:
+        tmp.write_bytes(b"first")
+    writer = multiprocessing.get_context("fork").Process(target=_rewrite, args=(path, 300))
+    writer.start()
+    checks = 0
+    while writer.is_alive():
+        assert verified(path), "a file being rewritten was taken for damaged"
+        checks += 1
+    writer.join()
+    assert checks > 10 and not list(tmp_path.glob("*.corrupt-*"))

@@ -155,7 +155,7 @@ def test_tile_array_with_a_failing_job_then_assemble_equals_one_process(cluster,
     # no console noise: sacct's "accounting storage is disabled" and submitit's warnings about it stay out
     console = out + err
     assert "accounting storage" not in console and "sacct" not in console, console[-3000:]
-    logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
+    logs = "".join(p.read_text() for p in job_logs(sweep))
     assert "srun` command is available" not in logs + console
     assert rows(cache) == sorted(NAMES)
     assemble_equals(satlab_in_process, tmp_path, cache, "2x1", one_process)
@@ -244,10 +244,29 @@ def test_cancelled_tile_is_named_shown_and_completed_alone(cluster, tmp_path, on
 
 def test_two_array_tasks_share_their_sources(cluster, tmp_path, one_process,
         satlab_in_process):
+    """Two array tasks need the same sources at once: each source is attacked by one of them; the other waits on
+    its lock and evaluates the stored images. The test holds the lock of one source (the same row file: the key
+    depends on the model, data and attack, not on the cache) until both tasks wait for it, so they run at once
+    however the scheduler and the machine's load start them."""
+    from filelock import FileLock
+
     cache, sweep = tmp_path / "cache", tmp_path / "multirun"
+    (row,) = (one_process.parent / "cache" / "records").glob("test_efficientnet-*.npz")
+    (cache / "records").mkdir(parents=True)
+    held = FileLock(str(cache / "records" / f".{row.name}.lock"))
+    held.acquire()
+    waiting = "waiting for another run that is computing the records of source test_efficientnet"
     # 1x2: both tiles hold every source (each with half of the targets); the array runs them at once
-    code, out, err = ran(cluster, tmp_path, "-m", *MAP, "sat.tiles=1x2", "sat.tile=range(2)",
-                         f"paths.cache_dir={cache}", f"hydra.sweep.dir={sweep}", *LAUNCHER)
+    proc = satlab(cluster, tmp_path, "-m", *MAP, "sat.tiles=1x2", "sat.tile=range(2)",
+                  f"paths.cache_dir={cache}", f"hydra.sweep.dir={sweep}", *LAUNCHER)
+    try:
+        wait_for(lambda: len({f.parent.name for f in job_logs(sweep) if waiting in f.read_text()}) == 2,
+                 "both tasks wait", proc)  # a folder per array task
+        held.release()
+        code, out, err = finish(proc)
+    finally:
+        proc.kill()
+        held.release()
     assert code == 0, err[-3000:]
     a, b = summary(sweep, 0), summary(sweep, 1)
     assert not set(a["computed_sources"]) & set(b["computed_sources"]), (a, b)  # no source attacked twice
@@ -255,7 +274,11 @@ def test_two_array_tasks_share_their_sources(cluster, tmp_path, one_process,
     # each task evaluated the stored images of the sources the other attacked, on its own targets
     assert set(b["computed_sources"]) <= set(a["completed_sources"]), a
     assert set(a["computed_sources"]) <= set(b["completed_sources"]), b
-    assert a["computed_sources"] and b["computed_sources"], "the two tasks did not run at once"
-    logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
-    assert "waiting for another run that is computing the records of source" in logs
+    attacker, waiter = (a, b) if "test_efficientnet" in a["computed_sources"] else (b, a)
+    assert "test_efficientnet" in attacker["computed_sources"] and "test_efficientnet" in waiter["completed_sources"]
     assemble_equals(satlab_in_process, tmp_path, cache, "1x2", one_process)
+
+
+def job_logs(sweep: Path) -> list[Path]:
+    """The log files of a sweep's SLURM jobs (stdout and stderr of each)."""
+    return list((sweep / ".submitit").glob("*/*_log.*"))
