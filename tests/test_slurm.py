@@ -164,27 +164,32 @@ def test_tile_array_with_a_failing_job_then_assemble_equals_one_process(cluster,
 def test_requeued_tile_resumes_from_what_its_first_attempt_wrote(cluster, tmp_path, one_process,
         satlab_in_process):
     cache, sweep = tmp_path / "cache", tmp_path / "multirun"
-    # one tile with every source (a sweep of one job), requeued after its first source's row is written
+    # one tile with every source (a sweep of one job), requeued while it waits for its last source, whose lock
+    # this test holds: the job is in the middle of its work however fast the machine is
+    held = hold_source_lock(cache, one_process, "test_efficientnet")
     proc = satlab(cluster, tmp_path, "-m", *MAP, "sat.tiles=1x1", "sat.tile=0", f"paths.cache_dir={cache}",
                   f"hydra.sweep.dir={sweep}", *LAUNCHER)
     try:
         job = wait_for(lambda: array_task(cluster, 0), "the tile job runs", proc)
-        wait_for(lambda: rows(cache), "the first row", proc)
-        # preempted: suspended at once (so the requeue finds it in the middle of its work), then requeued; SLURM
-        # holds a requeued suspended job, so what its first attempt wrote can be read before it starts again
+        wait_for(lambda: any(WAITING in f.read_text() for f in job_logs(sweep)), "the job waits for the held source",
+                 proc)
+        # preempted: suspended, then requeued; SLURM holds a requeued suspended job, so what its first attempt
+        # wrote can be read before it starts again
         cluster.run("scontrol", "suspend", job)
         cluster.run("scontrol", "requeue", job)
         wait_for(lambda: "JobState=PENDING" in job_info(cluster, job), "the first attempt ends", proc)
         first = rows(cache)
         cluster.run("scontrol", "release", job)
         cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")  # SLURM delays a requeued job by 2 min
+        held.release()
         code, out, err = finish(proc)
     finally:
         proc.kill()
+        held.release()
     assert code == 0, err[-3000:]
-    assert first and len(first) < len(NAMES), f"the requeue came after every source was attacked: {first}"
+    assert first == sorted(set(NAMES) - {"test_efficientnet"}), first
     done = summary(sweep, 0)
-    assert sorted(done["computed_sources"]) == sorted(set(NAMES) - set(first)), (first, done)  # no source twice
+    assert done["computed_sources"] == ["test_efficientnet"], (first, done)  # no source attacked twice
     assert "Restarts=1" in job_info(cluster, job)
     log = next((sweep / ".submitit").glob(f"{job}/{job}_0_log.out")).read_text()
     assert log.count("Starting with JobEnvironment") == 2, log[-3000:]  # both attempts wrote into the one log
@@ -195,16 +200,21 @@ def test_cancelled_tile_is_named_shown_and_completed_alone(cluster, tmp_path, on
         satlab_in_process):
     cache, sweep = tmp_path / "cache", tmp_path / "multirun"
     tile1 = ["test_vit", "test_efficientnet"]  # tile 1 of 2x1: every second model from the second
+    # tile 1 attacks test_vit, then waits for test_efficientnet, whose lock this test holds: cancelled mid-work
+    held = hold_source_lock(cache, one_process, "test_efficientnet")
     proc = satlab(cluster, tmp_path, "-m", *MAP, "sat.tiles=2x1", "sat.tile=0,1", f"paths.cache_dir={cache}",
                   f"hydra.sweep.dir={sweep}", *LAUNCHER)
     try:
         job = wait_for(lambda: array_task(cluster, 1), "tile 1 runs", proc)
-        wait_for(lambda: rows(cache, tile1), "tile 1's first row", proc)
+        wait_for(lambda: any(WAITING in f.read_text() for f in job_logs(sweep) if f.parent.name == job),
+                 "tile 1 waits for the held source", proc)
         cluster.run("scontrol", "suspend", job)
         cluster.run("scancel", job)
+        held.release()  # tile 0 may need it too
         code, out, err = finish(proc)
     finally:
         proc.kill()
+        held.release()
     # the sweep says which job ended without a result, in one line, and stops waiting
     assert code == 1, err[-3000:]
     assert f"satlab: sweep: Job {job} (task: 0)" in err and "CANCELLED" in err and "Traceback" not in err, err[-3000:]
@@ -238,7 +248,7 @@ def test_cancelled_tile_is_named_shown_and_completed_alone(cluster, tmp_path, on
     assert code == 0, err[-3000:]
     done = json.loads(next((tmp_path / "again" / "multirun").glob("sat/*/0/summary.json")).read_text())
     assert done["tile"]["index"] == 1
-    assert before and sorted(done["computed_sources"]) == sorted(set(tile1) - set(before)), (before, done)
+    assert before == ["test_vit"] and done["computed_sources"] == ["test_efficientnet"], (before, done)
     assemble_equals(satlab_in_process, tmp_path, cache, "2x1", one_process)
 
 
@@ -248,19 +258,13 @@ def test_two_array_tasks_share_their_sources(cluster, tmp_path, one_process,
     its lock and evaluates the stored images. The test holds the lock of one source (the same row file: the key
     depends on the model, data and attack, not on the cache) until both tasks wait for it, so they run at once
     however the scheduler and the machine's load start them."""
-    from filelock import FileLock
-
     cache, sweep = tmp_path / "cache", tmp_path / "multirun"
-    (row,) = (one_process.parent / "cache" / "records").glob("test_efficientnet-*.npz")
-    (cache / "records").mkdir(parents=True)
-    held = FileLock(str(cache / "records" / f".{row.name}.lock"))
-    held.acquire()
-    waiting = "waiting for another run that is computing the records of source test_efficientnet"
+    held = hold_source_lock(cache, one_process, "test_efficientnet")
     # 1x2: both tiles hold every source (each with half of the targets); the array runs them at once
     proc = satlab(cluster, tmp_path, "-m", *MAP, "sat.tiles=1x2", "sat.tile=range(2)",
                   f"paths.cache_dir={cache}", f"hydra.sweep.dir={sweep}", *LAUNCHER)
     try:
-        wait_for(lambda: len({f.parent.name for f in job_logs(sweep) if waiting in f.read_text()}) == 2,
+        wait_for(lambda: len({f.parent.name for f in job_logs(sweep) if WAITING in f.read_text()}) == 2,
                  "both tasks wait", proc)  # a folder per array task
         held.release()
         code, out, err = finish(proc)
@@ -277,6 +281,21 @@ def test_two_array_tasks_share_their_sources(cluster, tmp_path, one_process,
     attacker, waiter = (a, b) if "test_efficientnet" in a["computed_sources"] else (b, a)
     assert "test_efficientnet" in attacker["computed_sources"] and "test_efficientnet" in waiter["completed_sources"]
     assemble_equals(satlab_in_process, tmp_path, cache, "1x2", one_process)
+
+
+WAITING = "waiting for another run that is computing the records of source test_efficientnet"
+
+
+def hold_source_lock(cache: Path, one_process: Path, source: str):
+    """The lock of `source`'s row in `cache`, held by this test (release it). The row file's name is the one the
+    one-process map wrote: its key depends on the model, data and attack, not on the cache."""
+    from filelock import FileLock
+
+    (row,) = (one_process.parent / "cache" / "records").glob(f"{source}-*.npz")
+    (cache / "records").mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(cache / "records" / f".{row.name}.lock"))
+    lock.acquire()
+    return lock
 
 
 def job_logs(sweep: Path) -> list[Path]:
