@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import uuid
 import warnings
@@ -31,6 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from satlab.cli_messages import hydra_message, hydra_text, launch_message, run_dir_message, yaml_message
 from satlab.utils import SatlabError, conf_dir
 
 log = logging.getLogger("satlab")
@@ -108,7 +108,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         filename, lineno: where it was raised (kept for the debug log only).
         file, line: unused (Python's signature).
     """
-    text = _one_line(str(message))
+    text = hydra_text(str(message))
     outside = not str(filename).startswith(str(Path(__file__).resolve().parent))
     if outside and issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
         log.debug("%s (%s:%s)", text, filename, lineno)
@@ -151,7 +151,7 @@ def _job(cfg: DictConfig) -> None:
         if not sweeping:
             raise
         log.exception("job %s crashed", hcfg.job.num)
-        status, message = "crashed", f"{type(err).__name__}: {_one_line(str(err))}"
+        status, message = "crashed", f"{type(err).__name__}: {hydra_text(str(err))}"
         _SESSION.failures.append((int(hcfg.job.num), message, False))
     if sweeping:
         _job_status(job_dir, (int(hcfg.job.num), status, message))
@@ -180,15 +180,6 @@ def _update_overview(sweep_dir: Path) -> Path | None:
         return None
 
 
-def _one_line(text: str) -> str:
-    """Hydra's message as one line, without its config search path."""
-    from satlab.schema import one_line
-
-    lines = str(text).splitlines()
-    return one_line("\n".join(lines[: next((i for i, ln in enumerate(lines) if ln.strip().startswith(
-        "Config search path")), len(lines))]))
-
-
 def _discard_run_dir(path: Path) -> None:
     """After bad input, remove what Hydra wrote into the run folder (.hydra/, the log); the folder if empty. The log
     handlers that write there are closed and detached first, so a later run in this process (tests, notebooks)
@@ -210,102 +201,11 @@ def _discard_run_dir(path: Path) -> None:
         pass
 
 
-def _hydra_message(err: BaseException) -> str:
-    """Hydra's (multi-line) message, with its OmegaConf cause, as one line; for an override Hydra cannot parse
-    (a value with a space, a non-ASCII letter, a parenthesis or a #), how to quote it."""
-    from hydra.errors import OverrideParseException
-
-    if isinstance(err, OverrideParseException):
-        return _quote_hint(err)
-    text = _one_line(str(err))
-    launcher = re.search(r"Could not find 'hydra/launcher/(submitit_\w+)'", text)
-    if launcher:  # the launcher ships in an extra: `make demo` installs satlab without it
-        return (f"hydra/launcher={launcher.group(1)} is Hydra's submitit launcher, which is not installed; install "
-                "satlab's slurm extra: pip install -e '.[slurm]' in the clone (after make demo: "
-                ".venv/bin/pip install -e '.[slurm]')")
-    cause = err.__cause__
-    if isinstance(cause, OmegaConfBaseException):
-        first = _one_line(str(cause).splitlines()[0] if str(cause) else "")
-        if first and first not in text:
-            text = f"{text} ({first})"
-    return text
-
-
-def _quote_hint(err) -> str:
-    """The one line for an override Hydra's grammar rejects (`OverrideParseException`): Hydra's reason and, when
-    the value holds a space, a non-ASCII letter or a character such as ( ) #, the override quoted as Hydra reads
-    it (in a sweep, each comma-separated value quoted)."""
-    override = str(getattr(err, "override", "") or "")
-    text = _one_line(str(err)).split("; See https://")[0]
-    if text.startswith("LexerNoViableAltException"):  # Hydra's lexer names no reason, only a caret
-        text = f"cannot read the override '{override}'"
-    elif override and override not in text:
-        text = f"cannot read the override '{override}' ({text})"
-    key, sep, value = override.partition("=")
-    if not (sep and value and _needs_quotes(value)):
-        return text
-    sweeping = any(arg in ("-m", "--multirun") for arg in sys.argv[1:])
-    values = value.split(",") if sweeping else [value]
-    example = f"'{key}=" + ",".join(f'"{v}"' for v in values) + "'" if '"' not in value else \
-        "'dataset.root=\"/data/my images\"'"
-    return (f"{text}: Hydra needs quotes around a value with spaces, non-ASCII letters or characters such as ( ) #; "
-            f"write {example} (double quotes for Hydra inside single quotes for the shell)")
-
-
-def _yaml_message(err: yaml.YAMLError) -> str:
-    """The one line for a config file that is not valid YAML: the file, the line and column, the parser's reason."""
-    mark = getattr(err, "problem_mark", None)
-    where = f"'{mark.name}' line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
-    reason = getattr(err, "problem", None) or _one_line(str(err))
-    context = getattr(err, "context", None)
-    return f"config file {where} is not valid YAML ({f'{context}: ' if context else ''}{reason}); fix that file"
-
-
-def _needs_quotes(value: str) -> bool:
-    """Whether Hydra's grammar reads `value` only quoted: a space, a non-ASCII letter, ( ) # or the like."""
-    return any(c.isspace() or not c.isascii() or c in "()#'\"\\{}<>|;&!$`" for c in value)
-
-
-def _run_dir_message(err: OSError) -> str | None:
-    """The one line for an OSError Hydra raised creating the run (or sweep) folder, else None."""
-    frames = []
-    tb = err.__traceback__
-    while tb is not None:
-        frames.append(tb.tb_frame.f_code)
-        tb = tb.tb_next
-    where = ("run_job", "launch", "sweep", "_save_config")  # Hydra's functions that create the folders
-    if not any(f.co_name in where and f"{os.sep}hydra{os.sep}" in f.co_filename for f in frames):
-        return None
-    sweeping = any(arg in ("-m", "--multirun") for arg in sys.argv[1:])
-    key = "hydra.sweep.dir" if sweeping else "hydra.run.dir"
-    path = f" '{err.filename}'" if err.filename else ""
-    return f"cannot create the run folder{path} ({err.strerror or err}); set {key}=<a writable folder>"
-
-
-def _launch_message(err: BaseException) -> str | None:
-    """The one line for a sweep whose jobs submitit could not hand to SLURM (no `srun`/`sbatch` on this machine, or
-    no controller `sbatch` can reach), else None: the error must come through submitit's own code."""
-    frames, tb = [], err.__traceback__
-    while tb is not None:
-        frames.append(Path(tb.tb_frame.f_code.co_filename).parts)
-        tb = tb.tb_next
-    if not any("submitit" in parts for parts in frames) or not isinstance(err, (RuntimeError, OSError)) \
-            or type(err).__name__ == "UncompletedJobError":  # a job ran and ended without a result: not the launch
-        return None
-    no_sbatch = isinstance(err, FileNotFoundError) and Path(str(err.filename or "")).name == "sbatch"
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    reason = "no sbatch on PATH" if no_sbatch else re.sub(r"^sbatch:\s*", "", lines[-1]) if lines else \
-        type(err).__name__
-    return (f"hydra/launcher=submitit_slurm could not submit the jobs ({reason}); it needs a SLURM cluster: run "
-            "the command where sbatch reaches the cluster's controller (a login node), or use "
-            "hydra/launcher=submitit_local or no launcher on this machine")
-
-
 def _launch_failed(err: BaseException) -> None:
     """When submitit could not hand a sweep to SLURM before any job ran: remove what the launch wrote into the
     sweep folder (submitit's pickles and sbatch scripts; multirun.yaml and the folder when nothing else is there),
     print the one line and exit with status 2. Otherwise return (the caller raises)."""
-    message = None if _SESSION.entered else _launch_message(err)
+    message = None if _SESSION.entered else launch_message(err)
     if message is None:
         return
     from satlab.tasks.sweep import SweepCallback
@@ -334,7 +234,7 @@ def _job_without_result(err: BaseException) -> None:
         return
     _finish_sweep()
     lines = str(err).splitlines()
-    print(f"satlab: sweep: {_one_line(' '.join(lines[:2]))}; the sweep stops waiting here (jobs still running "
+    print(f"satlab: sweep: {hydra_text(' '.join(lines[:2]))}; the sweep stops waiting here (jobs still running "
           "write the overview when they end); for a tiled map, the same command with sat.status=true instead "
           "of sat.tile shows which tiles are done (docs/scale-out.md)", file=sys.stderr)
     sys.exit(1)
@@ -389,11 +289,11 @@ def main(argv: list[str] | None = None) -> None:
     except (HydraException, OmegaConfBaseException) as err:
         if _SESSION.entered:
             raise
-        print(f"satlab: error: {_hydra_message(err)}", file=sys.stderr)
+        print(f"satlab: error: {hydra_message(err)}", file=sys.stderr)
         sys.exit(2)
     except OSError as err:  # no sbatch, or Hydra could not create the run folder (before any job started)
         _launch_failed(err)
-        message = None if _SESSION.entered else _run_dir_message(err)
+        message = None if _SESSION.entered else run_dir_message(err)
         if message is None:
             raise
         print(f"satlab: error: {message}", file=sys.stderr)
@@ -401,12 +301,12 @@ def main(argv: list[str] | None = None) -> None:
     except yaml.YAMLError as err:  # a config file of one's own (--config-dir) that is not valid YAML
         if _SESSION.entered:
             raise
-        print(f"satlab: error: {_yaml_message(err)}", file=sys.stderr)
+        print(f"satlab: error: {yaml_message(err)}", file=sys.stderr)
         sys.exit(2)
     except ValueError as err:  # Hydra's flags that exclude each other (-m with --cfg, ...)
         if _SESSION.entered or not str(err).startswith("Only one of"):
             raise
-        print(f"satlab: error: {_one_line(str(err))}", file=sys.stderr)
+        print(f"satlab: error: {hydra_text(str(err))}", file=sys.stderr)
         sys.exit(2)
     except RuntimeError as err:  # submitit: no SLURM to take the sweep (exit 2), a job ended without a result (1)
         _job_without_result(err)
