@@ -40,6 +40,12 @@ def watch_job_states() -> None:
     watcher._satlab_states = True  # type: ignore[attr-defined]
 
 
+def quiet_slurm_polls(launcher: Any) -> None:
+    """`watch_job_states` when `launcher` (a sweep's `hydra.launcher` node) is Hydra's SLURM launcher."""
+    if "SlurmLauncher" in str(launcher.get("_target_", "")):
+        watch_job_states()
+
+
 def job_states(sacct_args: list[str]) -> tuple[str, str, int]:
     """What `sacct <sacct_args>` prints (JobID|State|NodeList lines with a header), or, where SLURM keeps no
     accounting, the same from `squeue`. Returns (stdout, stderr, exit status).

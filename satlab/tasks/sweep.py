@@ -26,6 +26,7 @@ import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
 
+from satlab.tasks.cluster import quiet_slurm_polls
 from satlab.utils import file_lock, write_csv, write_json, write_text
 
 STATUS_FILE = "job_status.json"
@@ -37,8 +38,7 @@ class SweepCallback(Callback):
     """Hydra callback (`hydra.callbacks.satlab_sweep` in conf/config.yaml): records, in the process that starts a
     sweep, where the sweep folder is, whichever launcher runs the jobs (submitit runs them in other processes), so
     `satlab.cli` can write the final overview and report the failed jobs. `started` is that folder (None: no
-    sweep has started in this process since `satlab.cli.main` reset it). With the SLURM launcher it also makes
-    submitit read job states quietly (`satlab.tasks.cluster.watch_job_states`)."""
+    sweep has started in this process since `satlab.cli.main` reset it); on SLURM, quiet job-state polls."""
 
     started: Path | None = None
 
@@ -49,10 +49,7 @@ class SweepCallback(Callback):
             config: the multirun's config; kwargs: what else Hydra passes (unused).
         """
         SweepCallback.started = Path(str(config.hydra.sweep.dir))
-        if "SlurmLauncher" in str(config.hydra.launcher.get("_target_", "")):
-            from satlab.tasks.cluster import watch_job_states
-
-            watch_job_states()  # quiet status polls on a SLURM without accounting
+        quiet_slurm_polls(config.hydra.launcher)
 
 
 def write_job_status(job_dir: str | Path, job: int, status: str, message: str = "") -> Path:
