@@ -212,6 +212,38 @@ def verified(path: str | os.PathLike, tries: int = 3, pause: float = 0.2) -> boo
     return False
 
 
+def read_array(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any) -> Any:
+    """The .npy cache file `path` memory-mapped (read-only) when it matches its checksum (`verified`), `shape` and
+    `dtype`; else None (absent; or damaged or of another shape: moved aside with a warning)."""
+    import numpy as np
+
+    if not verified(path):
+        return None
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if array.dtype != np.dtype(dtype) or array.shape != tuple(shape):
+            raise ValueError(f"{array.dtype} {array.shape}, expected {np.dtype(dtype)} {tuple(shape)}")
+        return array
+    except Exception as err:  # noqa: BLE001 - truncated files raise ValueError, OSError, ...
+        move_aside(path, f"{type(err).__name__}: {err}")
+        return None
+
+
+@contextmanager
+def new_array(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any) -> Iterator[Any]:
+    """A writable memory-mapped .npy of `shape` and `dtype` (processes forked in the block write into it too) that
+    replaces the cache file `path`, with its checksum, when the block ends without error (`atomic_path`). Its disk
+    blocks are reserved first, so a full disk is one error here, never a SIGBUS while the block writes."""
+    import numpy as np
+
+    with atomic_path(path, checksum=True) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        reserve(tmp)
+        yield array
+        array.flush()
+        del array
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:

@@ -34,8 +34,8 @@ import PIL
 import torchvision
 
 from satlab.data.common import FileImages, LabeledDataset
-from satlab.utils import (SatlabError, atomic_path, check_free_space, file_lock, human_bytes, move_aside,
-                          no_space_message, reserve, verified)
+from satlab.utils import (SatlabError, check_free_space, file_lock, human_bytes, new_array, no_space_message,
+                          read_array)
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +198,8 @@ def write_pixels(path: Path, shape: tuple[int, ...], fill: Any, report: DecodeRe
     decoded); call under the file's lock. One already there (another run wrote it meanwhile) is read instead."""
     pixels = read_pixels(path, shape)
     if pixels is None:
-        with atomic_path(path, checksum=True) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            reserve(tmp)
+        with new_array(path, shape, np.uint8) as out:
             report.decodes += fill(out)
-            out.flush()
-            del out
         pixels = np.load(path, mmap_mode="r")
     report.where, report.path, report.pending = "cache file", str(path), None
     return pixels
@@ -230,14 +226,5 @@ def persist_pixels(ds: LabeledDataset, report: DecodeReport) -> None:
 
 def read_pixels(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     """The pixel file at `path` memory-mapped, when it matches its checksum and `shape` (uint8); else None (a
-    damaged file is moved aside by `verified`, one of another shape too)."""
-    if not verified(path):
-        return None
-    try:
-        pixels = np.load(path, mmap_mode="r", allow_pickle=False)
-        if pixels.dtype != np.uint8 or pixels.shape != shape:
-            raise ValueError(f"{pixels.dtype} {pixels.shape}, expected uint8 {shape}")
-        return pixels
-    except Exception as err:  # noqa: BLE001 - truncated files raise ValueError, OSError, ...
-        move_aside(path, f"{type(err).__name__}: {err}")
-        return None
+    damaged file is moved aside, one of another shape too)."""
+    return read_array(path, shape, np.uint8)

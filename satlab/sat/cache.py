@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from satlab.sat.schedule import RowState
-from satlab.utils import (SatlabError, atomic_path, check_free_space, file_lock, move_aside, no_space_message, reserve,
-                          stable_hash, verified)
+from satlab.utils import (SatlabError, atomic_path, check_free_space, file_lock, move_aside, new_array,
+                          no_space_message, read_array, reserve, stable_hash, verified)
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +119,7 @@ def save_row(path: Path, row: Row) -> None:
 def read_adversarial(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
     """The stored adversarial images of a row ([S,C,H,W] `dtype`, memory-mapped); None when absent or damaged
     (checked against the checksum written with them, once per process and file: a damaged file is moved aside)."""
-    adv = adv_path(path)
-    if not verified(adv):
-        return None
-    try:
-        images = np.load(adv, mmap_mode="r", allow_pickle=False)
-        if images.dtype != dtype or images.shape != shape:
-            raise ValueError(f"{images.dtype} {images.shape}, expected {np.dtype(dtype)} {shape}")
-        return images
-    except Exception as err:  # noqa: BLE001 - truncated files raise ValueError, OSError, ...
-        move_aside(adv, f"{type(err).__name__}: {err}")
-        return None
+    return read_array(adv_path(path), shape, dtype)
 
 
 def image_dtype(quantized: bool) -> np.dtype:
@@ -229,12 +219,8 @@ class RowStore:
         """A writable [S,C,H,W] array for the source's adversarial images, memory-mapped, so processes forked by
         the caller write into it too; stored (atomically) or kept for the run when the block ends without error."""
         if self.keep:
-            with atomic_path(adv_path(self.paths[name]), checksum=True) as tmp:
-                images = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=self.shape)
-                reserve(tmp)  # a full disk fails here, not as SIGBUS while the attack writes
+            with new_array(adv_path(self.paths[name]), self.shape, self.dtype) as images:
                 yield images
-                images.flush()
-                del images
             return
         if self._tmp is None:
             root = self.scratch_root or Path(tempfile.gettempdir())
