@@ -198,16 +198,26 @@ def verified(path: str | os.PathLike, tries: int = 3, pause: float = 0.2) -> boo
     a warning naming it (with its checksum), so the caller recomputes it and never uses it.
 
     Another process may be rewriting the file (its new checksum is written just before the new file replaces the
-    old one), so a mismatch is damage only when it holds `tries` times, `pause` seconds apart."""
+    old one), so a mismatch is damage only when it holds `tries` times, `pause` seconds apart, on the same version
+    of the file and its checksum (a version that changes meanwhile is being rewritten: looked at again, up to 20
+    times `tries`)."""
     path = Path(path)
-    for attempt in range(tries):
+    version, held = None, 0
+    for _ in range(20 * tries):
         if not path.is_file():
             return False
         problem = checksum_problem(path)
         if problem is None:
             return True
-        if attempt + 1 < tries:
-            time.sleep(pause)
+        try:
+            now = _stamp(path)
+        except FileNotFoundError:
+            now = None
+        held = held + 1 if now == version else 1
+        version = now
+        if held >= tries:
+            break
+        time.sleep(pause)
     move_aside(path, problem)  # type: ignore[arg-type]
     return False
 

@@ -110,7 +110,10 @@ def test_report_end_to_end_on_a_tiny_digits_multirun(reference, tmp_path, satlab
     table = pd.read_csv(sweep / "calibration.csv")
     assert sorted(table["eps_255"].round(6)) == [16, 32] and set(table["steps"]) == {2}  # the budgets used
     assert table["ks_transfer"].between(0, 1).all() and table["ks_whitebox"].between(0, 1).all()
-    assert table["score"].is_monotonic_increasing and (table["pairs"] == 3).all()
+    assert table["score"].is_monotonic_increasing
+    for run, pairs in zip(table["run"], table["pairs"]):  # the pairs with a value (how many depends on training)
+        names, sat = read_matrix(next(sweep.rglob(f"{run}/sat_matrix.csv")))
+        assert pairs == np.isfinite(sat[np.triu_indices(len(names), 1)]).sum() >= 1
     assert (table["transfer_q90"] >= table["transfer_q10"]).all()
     assert (table["shared_models"] == 0).all() and (table["ref_pairs"] == 69 * 68 // 2).all()
     ref_names, ref_sat = read_matrix(reference, symmetric_tol=1e-6)
