@@ -32,7 +32,8 @@ TEST_WORKERS ?= 2
 test: install-dev
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# maps at scale: memory and time against N, the engine against a plain loop, the paper69 dry run, costs, data path
+# maps at scale: memory and time against N, the engine against a plain loop, the paper69 dry run, costs, data path,
+# maps at a stated precision
 bench: install
 	$(PY) experiments/benchmarks/scale_bench.py $(ARGS)
 
@@ -52,9 +53,10 @@ bench-gpu: install
 bench-ensemble: install
 	$(PY) experiments/benchmarks/ensemble_bench.py $(ARGS)
 
-# maps at a stated precision: the stopping rule simulated on the paper's released matrix (../shared/reference)
+# maps at a stated precision: the stopping rule simulated on the paper's released matrix (../shared/reference), a real
+# map (Fashion-MNIST) fixed against adaptive, the costed plan for every timm ImageNet-1k classifier (section (g) of bench)
 bench-precision: install
-	$(PY) experiments/benchmarks/precision_sim.py $(ARGS)
+	$(PY) experiments/benchmarks/precision_bench.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache

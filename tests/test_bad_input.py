@@ -185,6 +185,14 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["sat.memory_budget=0"], "sat.memory_budget=0: phase 2 needs at least one model resident"),
     (["sat.memory_budget=0.5MiB"], "sat.memory_budget=0.5MiB is smaller than model 'test_resnet'"),
     (["sat.memory_budget=lots"], "sat.memory_budget=lots: use auto, a number of models (e.g. 4) or a size"),
+    (["sat.precision=0"], "sat.precision=0 must be null (every pair on every image) or a number > 0 (the 95% "
+                          "half-width of each pair's SAT in ln units, e.g. 0.15)"),
+    (["sat.precision=-0.1"], "sat.precision=-0.1 must be null (every pair on every image) or a number > 0"),
+    (["sat.precision=tight"], "sat.precision=tight must be null (every pair on every image) or a number > 0"),
+    (["sat.precision=1e-4"], "sat.precision=0.0001: no pair can reach it on 20 image(s) (even a pair fooled both "
+                             "ways on every image has a half-width of 0.0459); give sat.precision >= 0.046 or more "
+                             "images (dataset.samples_per_class)"),
+    (["sat.first_round=0"], "sat.first_round=0 must be an integer >= 1"),
 ]
 
 

@@ -1,5 +1,6 @@
 """Caches across processes: two concurrent runs share the per-source rows (no source attacked twice), and a run
-killed with SIGKILL resumes to a byte-identical sat_matrix.csv, attacking none of the sources it had finished."""
+killed with SIGKILL resumes to a byte-identical sat_matrix.csv, attacking none of the sources it had finished; both
+also for maps at a stated precision (`sat.precision`), whose sources are attacked in rounds."""
 
 import fcntl
 import json
@@ -33,6 +34,7 @@ from satlab.models import ModelSet
 from satlab.sat.engine import compute_records
 
 cache, go = Path(sys.argv[1]), Path(sys.argv[2])
+precision = float(sys.argv[3]) if len(sys.argv) > 3 else None  # a map at a stated precision: rounds of 8, 16, ...
 names = ["test_resnet", "test_vit", "test_convnext", "test_efficientnet"]
 args = {"test_vit": {"dynamic_img_size": True}}
 models = [build_model(ModelSpec(n, n, input_size=32, model_args=args.get(n, {})), 3, 32) for n in names]
@@ -43,9 +45,12 @@ while not go.exists():
     time.sleep(0.02)
 result = compute_records(ModelSet.from_models(names, models), data,
                          create_attack("pgd_linf", eps=8 / 255, steps=20), batch_size=64, cache_dir=cache,
-                         trainer_cfg={"accelerator": "cpu", "enable_progress_bar": False})
-digest = hashlib.sha256(result.records.fooled.tobytes() + result.records.correct.tobytes()).hexdigest()
-print(json.dumps({"reused": result.reused, "computed": result.computed, "digest": digest}))
+                         trainer_cfg={"accelerator": "cpu", "enable_progress_bar": False}, precision=precision,
+                         first_round=8)
+used = result.records.images_used
+digest = hashlib.sha256(result.records.fooled.tobytes() + result.records.correct.tobytes()
+                        + (b"" if used is None else used.tobytes())).hexdigest()
+print(json.dumps({"reused": result.reused, "computed": result.computed, "digest": digest, "work": result.work}))
 """
 
 
@@ -79,13 +84,14 @@ def wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 300.
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_two_concurrent_runs_share_the_rows(tmp_path):
+def concurrent_runs(tmp_path: Path, *extra: str) -> tuple[dict, dict, list[Path]]:
+    """Two WORKER runs on one cache, the second started while the first attacks a source (holds its row's lock):
+    their outputs and the locks the first held then."""
     cache = tmp_path / "cache"
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(cache), str(tmp_path / f"go{i}")], env=ENV,
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(cache), str(tmp_path / f"go{i}"), *extra], env=ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
     try:
         (tmp_path / "go0").touch()
-        # start the second run while the first is attacking a source (holding that row's lock)
         busy = wait_for(lambda: [p for p in (cache / "records").glob(".*.lock") if held_by_another_process(p)],
                         "the first run locks a row", procs[0])
         (tmp_path / "go1").touch()
@@ -96,12 +102,28 @@ def test_two_concurrent_runs_share_the_rows(tmp_path):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     first, second = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
+    return first, second, busy
+
+
+def test_two_concurrent_runs_share_the_rows(tmp_path):
+    first, second, busy = concurrent_runs(tmp_path)
     names = ["test_resnet", "test_vit", "test_convnext", "test_efficientnet"]
     assert not set(first["computed"]) & set(second["computed"]), (first, second)  # no source attacked twice
     assert sorted(first["computed"] + second["computed"]) == sorted(names)
     locked_source = busy[0].name[1:].rsplit("-", 1)[0]  # ".<source>-<key>.npz.lock"
     assert locked_source not in second["computed"]  # it waited for the first run's attack instead of repeating it
     assert first["digest"] == second["digest"]
+
+
+def test_two_concurrent_runs_at_a_stated_precision_attack_each_image_once(tmp_path):
+    first, second, _ = concurrent_runs(tmp_path, "0.5")
+    alone = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path / "alone"), str(tmp_path / "go0"), "0.5"],
+                           env=ENV, capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    single = json.loads(alone.stdout.strip().splitlines()[-1])
+    assert first["digest"] == second["digest"] == single["digest"]
+    # the rounds' attacks were shared: together the two runs attacked as many images as one run alone
+    assert first["work"]["attacked"] + second["work"]["attacked"] == single["work"]["attacked"], (first, second)
 
 
 def satlab(out: Path, cache: Path, *extra: str) -> subprocess.Popen:
@@ -112,9 +134,11 @@ def satlab(out: Path, cache: Path, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def test_resume_after_kill_is_byte_identical(tmp_path):
-    reference = satlab(tmp_path / "reference", tmp_path / "cache_ref")  # uninterrupted, its own cache
-    killed = satlab(tmp_path / "killed", tmp_path / "cache")
+def kill_and_resume(tmp_path: Path, *extra: str) -> tuple[list[str], str]:
+    """A reference run on its own cache; another run killed with SIGKILL after its first cached row, then resumed
+    on that cache: the rows there at the kill and the resumed run's log (all three exited as they should)."""
+    reference = satlab(tmp_path / "reference", tmp_path / "cache_ref", *extra)  # uninterrupted, its own cache
+    killed = satlab(tmp_path / "killed", tmp_path / "cache", *extra)
     try:
         wait_for(lambda: rows(tmp_path / "cache"), "the first cached row", killed)
         os.killpg(killed.pid, signal.SIGKILL)
@@ -122,13 +146,18 @@ def test_resume_after_kill_is_byte_identical(tmp_path):
         assert killed.returncode == -signal.SIGKILL
         done = sorted(p.name for p in rows(tmp_path / "cache"))
         assert not (tmp_path / "killed" / "sat_matrix.csv").exists()
-        resumed = satlab(tmp_path / "resumed", tmp_path / "cache")
+        resumed = satlab(tmp_path / "resumed", tmp_path / "cache", *extra)
         log = resumed.communicate(timeout=600)[0]
         assert resumed.returncode == 0, log[-3000:]
         assert reference.wait(timeout=600) == 0, reference.communicate()[0][-3000:]
     finally:
         for p in (reference, killed):
             p.kill()
+    return done, log
+
+
+def test_resume_after_kill_is_byte_identical(tmp_path):
+    done, log = kill_and_resume(tmp_path)
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     finished = {n.rsplit("-", 1)[0] for n in done}  # sources attacked before the kill: their rows and images stay
     assert finished and not finished & set(summary["computed_sources"]), (finished, summary["computed_sources"])
@@ -140,3 +169,15 @@ def test_resume_after_kill_is_byte_identical(tmp_path):
     assert ours == (tmp_path / "reference" / "sat_matrix.csv").read_bytes()
     a, b = load_records(tmp_path / "resumed" / "records.npz"), load_records(tmp_path / "reference" / "records.npz")
     assert np.array_equal(a.fooled, b.fooled) and np.array_equal(a.correct, b.correct)
+
+
+def test_resume_after_kill_at_a_stated_precision_is_byte_identical(tmp_path):
+    kill_and_resume(tmp_path, "sat.precision=0.5", "sat.first_round=16")
+    for name in ("sat_matrix.csv", "sat_ci.csv"):
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
+    a, b = load_records(tmp_path / "resumed" / "records.npz"), load_records(tmp_path / "reference" / "records.npz")
+    for key in ("fooled", "correct", "images_used", "image_order"):
+        assert np.array_equal(getattr(a, key), getattr(b, key))
+    work = {run: json.loads((tmp_path / run / "summary.json").read_text())["engine_work"]
+            for run in ("resumed", "reference")}
+    assert work["resumed"]["attacked"] < work["reference"]["attacked"]  # what was attacked before the kill stays

@@ -28,6 +28,7 @@ ZOO = [*DIGITS, "sat.n_bootstrap=0"]
 RUNS = {
     "": ZOO,
     "experiment=smoke": [*FAST, "dataset.train_per_class=10"],  # tests/test_cli.py runs it as written
+    "experiment=smoke sat.precision=0.5 sat.first_round=10": [*FAST, "dataset.train_per_class=10"],
     "model_set.models=[resnet18_s0,vit_tiny_p8,mixer_p4]": ZOO,
     "attack=mifgsm attack.eps=0.0627451": ZOO,
     "--help": [],
@@ -49,7 +50,8 @@ RUNS = {
 LEAVES = {"--help": None, "--cfg job": None, "-m attack.eps=0.0627451,0.1254902,0.2509804": "sweep_overview.md",
           "task=analyze": "report.md", "experiment=ensemble_digits": "ensemble_pairs.csv",
           "experiment=cross_dataset_digits": "compare/comparison.json",
-          "experiment=distill_digits": "distill_results.csv"}
+          "experiment=distill_digits": "distill_results.csv",
+          "experiment=smoke sat.precision=0.5 sat.first_round=10": "sat_ci.csv"}
 README_RUNS = [c for c in COMMANDS if c.where.startswith(README) and not c.needs]
 
 

@@ -68,8 +68,25 @@ def test_the_simulation_benchmark_runs_on_the_released_matrix():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| 0.0 |")]
-    assert [r[1].strip() for r in rows] == ["fixed 5000", "0.10", "0.15", "0.20"]
+    assert [r[1].strip() for r in rows] == ["fixed 5000", "0.10", "0.15", "0.20", "rank"]
     coverage = [float(r[2]) for r in rows]
     assert all(c >= 0.93 for c in coverage)
+    found = [float(r[7].strip(" %")) for r in rows]
+    assert abs(found[4] - found[0]) <= 1.0  # the rank mode finds the nearest neighbours the fixed map finds
     evaluations = [float(r[3].strip(" %")) for r in rows]
     assert evaluations[0] == 100.0 and evaluations[1] > evaluations[2] > evaluations[3]  # wider h, fewer images
+
+
+@pytest.mark.skipif(not RELEASED.is_file(), reason="the paper's SAT_release.csv is not in ../shared/reference/sat-official/")
+def test_the_precision_benchmark_prints_the_plan_beside_the_fixed_one():
+    """make bench-precision without its real map (section (b) trains a zoo for 25 min): the simulation and the
+    costed plan, on a sample of 3 timm weights' FLOPs."""
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" /
+                                               "precision_bench.py"), "--skip", "b", "--reps", "1", "--sample", "3"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    plans = [line.split("|")[1:-1] for line in done.stdout.splitlines()
+             if line.startswith(("| fixed 5,000", "| h = ", "| rank mode"))]
+    assert [p[0].strip()[:8] for p in plans] == ["fixed 5,"] + ["h = 0.15"] * 3 + ["rank mod"] * 3
+    hours = [float(p[-1].replace(",", "")) for p in plans]
+    assert hours[0] > max(hours[1:]) > 0  # every adaptive plan below the fixed one

@@ -58,6 +58,34 @@ def test_status_of_a_map_with_missing_and_partial_tiles(tmp_path, satlab_in_proc
     assert "every tile is done; the map: satlab " in view.stdout and "sat.assemble=true" in view.stdout
 
 
+def test_tiles_of_a_map_at_a_stated_precision_show_assemble_and_equal_one_job(tmp_path, satlab_in_process):
+    precision = ["sat.precision=1.0", "sat.first_round=5"]  # 20 images: rounds of 5, 10, 20
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    first = satlab_in_process([*MAP, *precision, "sat.tiles=2x1", "sat.tile=0", cache], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    view = satlab_in_process([*MAP, *precision, "sat.tiles=2x1", "sat.status=true", cache,
+                              f"paths.output_dir={tmp_path / 's'}"], tmp_path)
+    # with a precision, a tile computes both directions of its pairs (A, B) with A before B in the model set:
+    # tile 0 (test_resnet, test_convnext x all) those of test_resnet with all and test_convnext with
+    # test_efficientnet; test_vit / test_convnext and test_vit / test_efficientnet are tile 1's
+    assert "tile 0 (2 source(s) x 4 target(s)): done" in view.stdout, view.stdout
+    assert ("tile 1 (2 source(s) x 4 target(s)): partly done - done: test_efficientnet; partly: test_vit (1 of 3 "
+            "targets)") in view.stdout, view.stdout
+    early = satlab_in_process([*MAP, *precision, "sat.tiles=2x1", "sat.assemble=true", cache,
+                               f"paths.output_dir={tmp_path / 'early'}"], tmp_path)
+    assert early.returncode == 2 and "sat.tile=1 " in early.stderr, early.stderr
+    second = satlab_in_process([*MAP, *precision, "sat.tiles=2x1", "sat.tile=1", cache], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    done = satlab_in_process([*MAP, *precision, "sat.tiles=2x1", "sat.assemble=true", cache,
+                              f"paths.output_dir={tmp_path / 'assembled'}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = satlab_in_process([*MAP, *precision, f"paths.cache_dir={tmp_path / 'one_cache'}",
+                             f"paths.output_dir={tmp_path / 'one'}"], tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    for name in ("sat_matrix.csv", "sat_ci.csv"):
+        assert (tmp_path / "assembled" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+
+
 def stand_in(bin_dir: Path, name: str, script: str) -> None:
     bin_dir.mkdir(exist_ok=True)
     path = bin_dir / name

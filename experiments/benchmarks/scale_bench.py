@@ -16,9 +16,12 @@ with their baselines.
     flop counter on the meta device) and throughput, and the time to decode its images at the decode rate measured
     in (f) (or on a few generated JPEGs when (f) is skipped): a wall-time estimate saying which bound dominates;
 (f) the data path: today's (a decode per pass) against decoding once per map, on 1,000 generated ImageNet-sized
-    JPEGs (in `datapath_bench.py`, also `make bench-data`).
+    JPEGs (in `datapath_bench.py`, also `make bench-data`);
+(g) maps at a stated precision: the stopping rule simulated on the released matrix, a real map (Fashion-MNIST) fixed
+    against adaptive, and the costed plan for every timm ImageNet-1k classifier (in `precision_bench.py`, also
+    `make bench-precision`).
 
-    python experiments/benchmarks/scale_bench.py             # everything (about 25 min on 2 CPU cores)
+    python experiments/benchmarks/scale_bench.py             # everything (about 70 min on 2 CPU cores)
     python experiments/benchmarks/scale_bench.py --skip a,d  # some sections only
 """
 
@@ -340,6 +343,11 @@ def main() -> None:
     if "e" not in skip:
         section_cost(dry, args.sample, 0, decode_rate)
     print(printed.getvalue(), end="")
+    if "g" not in skip:
+        from precision_bench import sections  # this folder is on sys.path (a script's own)
+
+        print("## (g) maps at a stated precision\n")
+        sections(set(), sample=args.sample)
 
 
 if __name__ == "__main__":

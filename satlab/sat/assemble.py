@@ -11,8 +11,9 @@ from torch.utils.data import Dataset
 
 from satlab.attacks import Attack
 from satlab.data import labels_and_ids
-from satlab.sat.cache import RowStore, image_dtype
-from satlab.sat.engine import EngineResult, make_trainer, row_context, use_amp
+from satlab.sat.cache import Row, RowStore, image_dtype
+from satlab.sat.engine import EngineResult, adaptive_records, make_trainer, pair_done, row_context, use_amp
+from satlab.sat.precision import image_order, image_rank
 from satlab.sat.records import Records
 from satlab.sat.schedule import Tile, check_cover, missing_tiles
 from satlab.utils import SatlabError, plain
@@ -28,11 +29,14 @@ def assemble_records(
     trainer_cfg: Mapping[str, Any] | None = None,
     amp: bool | None = None,
     tiles: Sequence[Tile] | None = None,
+    precision: float | None = None,
 ) -> EngineResult:
     """The records of a map from its cached rows only (written by tile or shard jobs); no model is run.
 
     Rows that lack pairs raise SatlabError naming the missing tiles (or sources), and rows whose columns were
     computed with other clean predictions than their targets' own rows raise too, before anything is written.
+    A map at a stated precision (`precision`, as its tiles ran) lacks a pair until the pair's interval reached h or
+    it saw every image; a map without it lacks every column that does not cover every image.
     """
     names, keys = list(names), dict(zip(names, model_keys))
     if tiles is not None:
@@ -42,7 +46,9 @@ def assemble_records(
     context = row_context(attack, data, seed, trainer, use_amp(amp, trainer))
     store = RowStore(cache_dir, names, list(model_keys), context, ids, labels, (0,), image_dtype(True))
     rows = {n: store.read(n) for n in names}
-    lacking = {s: [t for t in names if r is None or r.own(keys[t]) is None] for s, r in rows.items()}
+    lacking = {s: [t for t in names if r is None or r.reach(keys[t]) < len(ids)] for s, r in rows.items()}
+    if precision is not None and all(r is not None for r in rows.values()):
+        lacking = open_pairs(names, keys, rows, ids, seed, precision)  # type: ignore[arg-type]
     lacking = {s: t for s, t in lacking.items() if t}
     if lacking:
         if tiles is not None:
@@ -63,4 +69,23 @@ def assemble_records(
     order = [keys[n] for n in names]
     correct = np.stack([own[n] for n in names])
     fooled = np.stack([rows[n].columns(order) for n in names])  # type: ignore[union-attr]
-    return EngineResult(Records(names, ids, labels, correct, fooled), reused=names, context=context)
+    records = Records(names, ids, labels, correct, fooled)
+    if precision is not None:
+        seen = np.stack([rows[n].columns(order, "seen") for n in names])  # type: ignore[union-attr]
+        records = adaptive_records(records, seen, image_order(seed, len(ids)))
+    return EngineResult(records, reused=names, context=context)
+
+
+def open_pairs(names: list[str], keys: dict[str, str], rows: dict[str, Row], ids: np.ndarray, seed: int,
+               h: float) -> dict[str, list[str]]:
+    """Per source, the targets of the pairs (A, B), A before B, that a map at precision `h` has not finished
+    (`pair_done`), and the sources without their own column."""
+    rank = image_rank(image_order(seed, len(ids)))
+    lacking: dict[str, list[str]] = {}
+    for i, a in enumerate(names):
+        if rows[a].reach(keys[a]) == 0:
+            lacking.setdefault(a, []).append(a)
+        for b in names[i + 1:]:
+            if not pair_done(rows[a], rows[b], keys[a], keys[b], rank, h)[1]:
+                lacking.setdefault(a, []).append(b)
+    return lacking

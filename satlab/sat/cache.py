@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from satlab.sat.schedule import RowState
-from satlab.utils import (SatlabError, atomic_path, check_free_space, file_lock, move_aside, new_array,
+from satlab.utils import (SatlabError, atomic_path, check_free_space, checksum_path, file_lock, move_aside, new_array,
                           no_space_message, read_array, reserve, stable_hash, verified)
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,22 @@ def adv_path(path: Path) -> Path:
 
 @dataclass
 class Row:
-    """One source's row: target keys, their clean `correct` [T,S] as used for X_AB, sample ids, labels, and
-    `fooled` [T,S] (False outside X_AB)."""
+    """One source's row: target keys, their clean `correct` [T,S] as used for X_AB, sample ids, labels, `fooled`
+    [T,S] (False outside X_AB), and `seen` [T]: how many images of the map's order (`satlab.sat.precision.
+    image_order`) each column covers (S: every image; fewer only in maps at a stated precision, `sat.precision`,
+    where `fooled` is False past the column's prefix). A row without `seen` covers every image."""
 
     target_keys: list[str]
     correct: np.ndarray
     ids: np.ndarray
     labels: np.ndarray
     fooled: np.ndarray
+    seen: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.seen is None:
+            self.seen = np.full(len(self.target_keys), len(self.ids), dtype=np.int64)
+        self.seen = np.asarray(self.seen, dtype=np.int64)
 
     def missing(self, keys: list[str]) -> list[int]:
         """Positions in `keys` (the current targets) of the targets this row has no column for."""
@@ -75,24 +83,49 @@ class Row:
         """The column of target `key` (`correct` or `fooled`), None when the row has none."""
         return getattr(self, what)[self.target_keys.index(key)] if key in self.target_keys else None
 
+    def reach(self, key: str) -> int:
+        """How many images of the order the column of target `key` covers (0 without a column)."""
+        return int(self.seen[self.target_keys.index(key)]) if key in self.target_keys else 0  # type: ignore[index]
+
     def columns(self, keys: list[str], what: str = "fooled") -> np.ndarray:
-        """`fooled` (or `correct`) for the targets `keys` (all known to this row), in that order."""
+        """`fooled` (or `correct`, `seen`) for the targets `keys` (all known to this row), in that order."""
         where = {k: i for i, k in enumerate(self.target_keys)}
         return getattr(self, what)[[where[k] for k in keys]]
 
-    def grown(self, new: Row) -> Row:
-        """This row with the columns of `new` it lacks (the columns both have are kept as stored)."""
-        add = self.missing(new.target_keys)
-        if not add:
+    def grown(self, new: Row, starts: np.ndarray | None = None) -> Row:
+        """This row with the columns of `new` it lacks, and its columns that `new` extends further into the image
+        order: `new`'s column j holds the images of the order from `starts[j]` (None: 0) to `new.seen[j]`, so it
+        extends a stored column that reaches at least `starts[j]` (the flags of both are kept: each is False past
+        its own prefix). Other columns are kept as stored."""
+        starts = np.zeros(len(new.target_keys), dtype=np.int64) if starts is None else np.asarray(starts)
+        where = {k: i for i, k in enumerate(self.target_keys)}
+        keys, correct, fooled, seen = list(self.target_keys), self.correct, self.fooled.copy(), self.seen.copy()
+        add = []
+        for j, key in enumerate(new.target_keys):
+            i = where.get(key)
+            if i is None:
+                if starts[j] == 0:  # a new column must start at the first image
+                    add.append(j)
+            elif seen[i] < new.seen[j] and starts[j] <= seen[i]:  # type: ignore[index]
+                fooled[i] |= new.fooled[j]
+                seen[i] = new.seen[j]  # type: ignore[index]
+        if not add and np.array_equal(seen, self.seen):
             return self
-        keys = [new.target_keys[i] for i in add]
-        return Row(self.target_keys + keys, np.concatenate([self.correct, new.correct[add]]), self.ids,
-                   self.labels, np.concatenate([self.fooled, new.fooled[add]]))
+        return Row(keys + [new.target_keys[j] for j in add], np.concatenate([correct, new.correct[add]]), self.ids,
+                   self.labels, np.concatenate([fooled, new.fooled[add]]),
+                   np.concatenate([seen, new.seen[add]]))  # type: ignore[index]
 
     def without(self, keys: set[str]) -> Row:
         """This row without the columns of the targets `keys`."""
         kept = [i for i, k in enumerate(self.target_keys) if k not in keys]
-        return Row([self.target_keys[i] for i in kept], self.correct[kept], self.ids, self.labels, self.fooled[kept])
+        return Row([self.target_keys[i] for i in kept], self.correct[kept], self.ids, self.labels, self.fooled[kept],
+                   self.seen[kept])  # type: ignore[index]
+
+    def state(self, images: bool) -> RowState:
+        """What the scheduler needs to know of this row (`satlab.sat.schedule.RowState`)."""
+        total = len(self.ids)
+        partial = tuple((k, int(n)) for k, n in zip(self.target_keys, self.seen) if n < total)  # type: ignore[arg-type]
+        return RowState(frozenset(self.target_keys), images, True, partial)
 
 
 def read_row(path: Path) -> Row | None:
@@ -103,7 +136,7 @@ def read_row(path: Path) -> Row | None:
     try:
         with np.load(path, allow_pickle=False) as cached:
             return Row([str(k) for k in cached["target_keys"]], cached["correct"], cached["sample_ids"],
-                       cached["labels"], cached["fooled"])
+                       cached["labels"], cached["fooled"], cached["seen"] if "seen" in cached else None)
     except Exception as err:  # noqa: BLE001 - truncated/garbled files raise BadZipFile, EOFError, zlib.error, ...
         move_aside(path, f"{type(err).__name__}: {err}")
         return None
@@ -113,7 +146,7 @@ def save_row(path: Path, row: Row) -> None:
     with atomic_path(path, checksum=True) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, fooled=row.fooled, target_keys=np.asarray(row.target_keys), correct=row.correct,
-                                sample_ids=row.ids, labels=row.labels)
+                                sample_ids=row.ids, labels=row.labels, seen=row.seen)
 
 
 def read_adversarial(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
@@ -166,6 +199,8 @@ class RowStore:
         self.rows: dict[str, Row] = {}  # without a cache: this run's rows
         self.scratch: dict[str, np.ndarray] = {}  # images kept for this run only
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self._files = 0  # images files of this run in `_tmp`
+        self._scratch_files: dict[str, Path] = {}  # the file of each source's images kept for the run
 
     def close(self) -> None:
         self.scratch.clear()
@@ -190,7 +225,7 @@ class RowStore:
 
     def state(self, name: str) -> RowState:
         row = self.read(name)
-        return RowState.of(row.target_keys, self.images(name) is not None) if row is not None else RowState()
+        return row.state(self.images(name) is not None) if row is not None else RowState()
 
     def check_room(self, sources: list[str]) -> None:
         """Before any attack: SatlabError when the disk that will keep the images of `sources` (the cache, or a
@@ -215,18 +250,22 @@ class RowStore:
             yield held
 
     @contextmanager
-    def new_images(self, name: str) -> Iterator[np.ndarray]:
+    def new_images(self, name: str, base: np.ndarray | None = None) -> Iterator[np.ndarray]:
         """A writable [S,C,H,W] array for the source's adversarial images, memory-mapped, so processes forked by
-        the caller write into it too; stored (atomically) or kept for the run when the block ends without error."""
+        the caller write into it too, holding a copy of `base` (the images so far, when an attack goes further into
+        the image order); stored (atomically) or kept for the run when the block ends without error."""
         if self.keep:
             with new_array(adv_path(self.paths[name]), self.shape, self.dtype) as images:
+                if base is not None:
+                    images[:] = base
                 yield images
             return
         if self._tmp is None:
             root = self.scratch_root or Path(tempfile.gettempdir())
             root.mkdir(parents=True, exist_ok=True)
             self._tmp = tempfile.TemporaryDirectory(dir=root, prefix=".images-")
-        path = Path(self._tmp.name) / f"{len(self.scratch)}.npy"
+        self._files += 1
+        path = Path(self._tmp.name) / f"{self._files}.npy"
         try:
             images = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=self.shape)
             reserve(path)
@@ -234,15 +273,33 @@ class RowStore:
             path.unlink(missing_ok=True)
             needed = int(np.prod(self.shape)) * self.dtype.itemsize
             raise SatlabError(f"the adversarial images of {name}: {no_space_message(path.parent, needed)}") from None
+        if base is not None:
+            images[:] = base
         yield images
         images.flush()
         self.scratch[name] = np.load(path, mmap_mode="r")
+        if name in self._scratch_files:  # the images so far, copied into this file
+            self._scratch_files[name].unlink(missing_ok=True)
+        self._scratch_files[name] = path
         if self.paths:
             adv_path(self.paths[name]).unlink(missing_ok=True)  # older images, if any, are not this run's
 
-    def write(self, name: str, new: Row, own_key: str | None = None, replace: bool = False) -> Row:
+    def drop(self, name: str) -> None:
+        """Forget the source's row and images (call under `lock`): its attack starts again from the first image."""
+        self.rows.pop(name, None)
+        self.scratch.pop(name, None)
+        if name in self._scratch_files:
+            self._scratch_files.pop(name).unlink(missing_ok=True)
+        if self.paths:
+            for path in (self.paths[name], adv_path(self.paths[name])):
+                path.unlink(missing_ok=True)
+                checksum_path(path).unlink(missing_ok=True)
+
+    def write(self, name: str, new: Row, own_key: str | None = None, replace: bool = False,
+              starts: np.ndarray | None = None) -> Row:
         """Store `new` merged into the source's stored row (rows only grow; call under `lock`), or in its place
-        (`replace`). With `own_key` (a fresh attack: `new` holds the source's own column), a stored row whose
+        (`replace`); `starts`: where in the image order each of `new`'s columns begins (`Row.grown`; None: at the
+        first image). With `own_key` (a fresh attack: `new` holds the source's own column), a stored row whose
         source classified the images differently is replaced, since its columns were computed on another X_A."""
         stored = None if replace else self.read(name)
         if stored is not None and own_key is not None:
@@ -252,7 +309,9 @@ class RowStore:
                             "differently (another device or library version?); replacing it", name,
                             int((before != new.own(own_key)).sum()))
                 stored = None
-        row = new if stored is None else stored.grown(new)
+        if stored is None:
+            stored = Row([], new.correct[:0], self.ids, self.labels, new.fooled[:0])
+        row = stored.grown(new, starts)
         if self.paths:
             save_row(self.paths[name], row)
         else:

@@ -11,7 +11,9 @@ the records cache hold (`satlab.sat.cache`): a row only grows, so a run on other
 computes one tile of the map (`Tile`) and `satlab.sat.assemble` builds the map from the rows. Each phase is one
 small LightningModule under `trainer.predict` (several devices: forked DDP ranks, each taking every k-th batch).
 Rows and images are written atomically under a per-source lock, so an interrupted run resumes where it stopped
-and concurrent runs share the work. No Hydra, no wandb here.
+and concurrent runs share the work. A map at a stated precision (`precision`) runs the two phases in rounds over
+a seeded image order, on the pairs whose interval is still too wide (`Job.open_cells`; docs/precision.md). No
+Hydra, no wandb here.
 
     >>> result = compute_records(ModelSet.from_models(names, models), data, attack, cache_dir="cache")
     >>> result.records.fooled.shape        # [N, N, S]: source, target, sample
@@ -41,6 +43,7 @@ from satlab.models import ModelSet
 from satlab.sat.cache import Row, RowStore, image_dtype
 from satlab.sat.phases import (AdversarialBatches, Batches, CleanPass, EngineProgress, Phase, RankShare, SourcePass,
                                TargetPass, engine_time, say_engine_time)
+from satlab.sat.precision import half_width, image_order, image_rank, pair_counts, rounds
 from satlab.sat.records import Records
 from satlab.sat.schedule import Budget, Plan, Tile, plan_tile, target_blocks, whole_map
 from satlab.utils import SatlabError, plain
@@ -121,6 +124,7 @@ class EngineResult:
     disk_bytes: int = 0  # the cache files (rows + images) of this map's sources
     seconds: dict[str, float] = field(default_factory=dict)  # "attack <source>", "evaluate <t1,t2,...>": wall time
     data_path: dict[str, dict[str, Any]] = field(default_factory=dict)  # engine time by phase (`engine_time`)
+    work: dict[str, int] = field(default_factory=dict)  # images x models through each kind of pass (`Job.work`)
 
 
 class Job:
@@ -138,6 +142,9 @@ class Job:
         self.seconds: dict[str, float] = {}  # per phase-1 source and phase-2 block, models' loading included
         self.own: dict[str, np.ndarray] = {}  # clean correctness as each model's own row holds it (read once)
         self.clock: dict[str, dict[str, float]] = {}  # per kind of pass: wait_s, transfer_s, compute_s (`Phase`)
+        self.order = image_order(seed, len(self.ids))  # the images' order (a map at a stated precision takes rounds)
+        self.rank = image_rank(self.order)
+        self.work = {"clean": 0, "attacked": 0, "evaluated": 0}  # images x models through each kind of pass
 
     def loader(self, dataset: Dataset) -> DataLoader:
         """On CUDA, `num_workers` worker processes prepare the batches (slices of the decoded pixels, reads of stored
@@ -175,9 +182,9 @@ class Job:
 
     # ---- phase 1
 
-    def attack_sources(self, sources: list[str]) -> list[str]:
-        """Attack each source not done by another run meanwhile (a source another run holds is done last, after
-        waiting for it); returns the sources attacked here."""
+    def attack_sources(self, sources: list[str], upto: int) -> list[str]:
+        """Attack each source (its images up to `upto` in the order) not done by another run meanwhile (a source
+        another run holds is done last, after waiting for it); returns the sources attacked here."""
         attacked: list[str] = []
         queue, busy, wait = list(sources), [], False
         while queue or busy:
@@ -189,37 +196,80 @@ class Job:
                     busy.append(name)
                     continue
                 state = self.store.state(name)
-                if state.exists and state.images:  # another run attacked it while we waited
+                if state.exists and state.images and state.reach(self.keys[name]) >= upto:  # another run did it
                     continue
-                self.attack_source(name)
+                self.attack_source(name, upto)
                 attacked.append(name)
         return attacked
 
-    def attack_source(self, name: str) -> None:
-        key, start = self.keys[name], time.perf_counter()
-        with self.store.new_images(name) as images, self.models.use(self.index[name]) as model:
-            step = SourcePass(model, name, self.attack, self.seed, images, self.amp)
+    def attack_source(self, name: str, upto: int) -> None:
+        """Phase 1 for one source (call under its lock): its clean pass and the attack of the images it classifies
+        correctly among the first `upto` of the order. A source with a row and stored images attacks only the
+        images past those (its row's own column says how far they go); without a row, the clean pass covers every
+        image."""
+        key, start, total = self.keys[name], time.perf_counter(), len(self.ids)
+        row = self.store.read(name)
+        before = None if row is None else self.store.images(name)
+        begin = row.reach(key) if row is not None and before is not None else 0
+        ran = np.ones(total, dtype=bool)  # the clean pass: every image for a new row, else the images of the window
+        if row is not None:
+            ran = (self.rank >= begin) & (self.rank < upto)
+            if begin:  # going further: only the images it classifies correctly (the first pass checked the others)
+                ran &= row.own(key)  # type: ignore[arg-type]
+        only = None if row is not None or upto >= total else self.rank < upto
+        with self.store.new_images(name, before if begin else None) as images, \
+                self.models.use(self.index[name]) as model:
+            step = SourcePass(model, name, self.attack, self.seed, images, self.amp, only)
             del model  # the step holds the model until `predict` lets it go, so `use` can free it at once
-            out = self.predict(step, Batches(self.data, self.batch_size), f"attack {name}")
-        self.store.write(name, Row([key], out["correct"][None], self.ids, self.labels, out["fooled"][None]),
-                         own_key=key)
-        self.own[name] = out["correct"]
-        self.seconds[f"attack {name}"] = time.perf_counter() - start
+            positions = None if ran.all() else np.flatnonzero(ran)
+            if ran.any():
+                out = self.predict(step, Batches(self.data, self.batch_size, positions), f"attack {name}")
+            else:  # nothing to attack in the window
+                out, step.models = step.outputs(), nn.ModuleList()
+        correct = out["correct"]
+        if row is not None:
+            stored = row.own(key)
+            if not np.array_equal(stored[ran], correct[ran]):  # type: ignore[index]
+                log.warning("source %s: its stored row was computed when it classified %d clean image(s) differently "
+                            "(another device or library version?); attacking it again from the first image", name,
+                            int((stored[ran] != correct[ran]).sum()))  # type: ignore[index]
+                self.store.drop(name)
+                return self.attack_source(name, upto)
+            correct = stored  # every image: the clean pass here covered only the images attacked now
+        self.work["clean"] += int(ran.sum())
+        self.work["attacked"] += int((correct & (self.rank >= begin) & (self.rank < upto)).sum())
+        seen = np.array([min(upto, total)])
+        self.store.write(name, Row([key], correct[None], self.ids, self.labels, out["fooled"][None], seen),
+                         own_key=key, starts=np.array([begin]))
+        self.own[name] = correct
+        self.seconds[f"attack {name}"] = self.seconds.get(f"attack {name}", 0.0) + time.perf_counter() - start
 
     # ---- phase 2
 
-    def evaluate_block(self, block: list[str], columns: dict[str, list[str]]) -> list[str]:
-        """Evaluate every source's images on the targets of `block` that its row lacks; returns the sources."""
-        start = time.perf_counter()
+    def evaluate_block(self, block: list[str], plan: Plan, upto: int) -> list[str]:
+        """Evaluate every source's images on the targets of `block` that its row lacks (`plan.columns`), on the
+        images of the order from where its column stops (`plan.starts`, else the first) to `upto`; returns the
+        sources."""
+        start, columns, total = time.perf_counter(), plan.columns, len(self.ids)
         sources = [s for s, targets in columns.items() if set(targets) & set(block)]
         need = np.array([[t in columns[s] for t in block] for s in sources])
+        begin = np.array([[plan.starts.get((s, t), 0) for t in block] for s in sources], dtype=np.int64)
+        stop = np.full(need.shape, min(upto, total), dtype=np.int64)
+        window = (begin, stop, self.rank) if begin.any() or upto < total else None
         source_correct = np.stack([self.own_correct(s) for s in sources])
         with self.models.use_block([self.index[t] for t in block]) as nets:
             correct = self.target_correct(block, nets)
-            wanted = source_correct & (need.astype(np.uint8) @ correct.astype(np.uint8) > 0)  # [sources, S]
+            if window is None:
+                wanted = source_correct & (need.astype(np.uint8) @ correct.astype(np.uint8) > 0)  # [sources, S]
+            else:
+                wanted = np.zeros_like(source_correct)
+                for j in range(len(block)):
+                    inside = (begin[:, j, None] <= self.rank) & (self.rank < stop[:, j, None]) & need[:, j, None]
+                    wanted |= source_correct & correct[j] & inside
+            self.work["evaluated"] += self.evaluations(source_correct, correct, need, window)
             items = np.argwhere(wanted)  # (source, position), by source then position
             images = [self.store.images(s) for s in sources]
-            step = TargetPass(nets, correct, need, self.amp)
+            step = TargetPass(nets, correct, need, self.amp, window)
             del nets  # the step holds the models until `predict` lets them go, so `use` can free them at once
             if len(items):
                 batches = AdversarialBatches(images, self.labels, items, EVAL_BATCHES * self.batch_size)  # type: ignore[arg-type]
@@ -228,11 +278,25 @@ class Job:
                 out, step.models = step.outputs(), nn.ModuleList()
         for a, source in enumerate(sources):
             cols = np.flatnonzero(need[a])
-            row = Row([self.keys[block[j]] for j in cols], correct[cols], self.ids, self.labels, out["fooled"][a, cols])
+            row = Row([self.keys[block[j]] for j in cols], correct[cols], self.ids, self.labels,
+                      out["fooled"][a, cols], stop[a, cols])
             with self.store.lock(source):
-                self.store.write(source, row)
-        self.seconds[f"evaluate {','.join(block)}"] = time.perf_counter() - start
+                self.store.write(source, row, starts=begin[a, cols])
+        label = f"evaluate {','.join(block)}"
+        self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - start
         return sources
+
+    def evaluations(self, source_correct: np.ndarray, correct: np.ndarray, need: np.ndarray,
+                    window: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> int:
+        """Forward passes (images x targets) a block's evaluation makes: each pair's X_AB within its window."""
+        count = 0
+        for j in range(correct.shape[0]):
+            both = source_correct & correct[j] & need[:, j, None]
+            if window is not None:
+                begin, stop, rank = window
+                both &= (begin[:, j, None] <= rank) & (rank < stop[:, j, None])
+            count += int(both.sum())
+        return count
 
     def own_correct(self, name: str) -> np.ndarray | None:
         """A model's clean correctness as its own row holds it (read once per job); None without a row."""
@@ -253,6 +317,7 @@ class Job:
                                Batches(self.data, self.batch_size), f"clean pass of {len(todo)} target(s)")
             for j, correct in zip(todo, out["correct"]):
                 known[j] = correct
+            self.work["clean"] += len(todo) * len(self.ids)
         return np.stack(known)  # type: ignore[arg-type]
 
     # ---- rows that disagree
@@ -277,11 +342,63 @@ class Job:
                 self.store.write(s, row.without({self.keys[t] for t in targets}), replace=True)
         return bad
 
-    def records(self, names: list[str]) -> Records:
+    def records(self, names: list[str], adaptive: bool = False) -> Records:
+        """The map's records from the rows. A map at a stated precision (`adaptive`, or rows whose pairs did not
+        use every image) has `Records.images_used`: a pair uses the images both its directions cover."""
         rows: list[Row] = [self.store.read(n) for n in names]  # type: ignore[misc]
         keys = [self.keys[n] for n in names]
         correct = np.stack([r.own(k) for r, k in zip(rows, keys)])  # type: ignore[misc]
-        return Records(names, self.ids, self.labels, correct, np.stack([r.columns(keys) for r in rows]))
+        fooled = np.stack([r.columns(keys) for r in rows])
+        seen = np.stack([r.columns(keys, "seen") for r in rows])
+        records = Records(names, self.ids, self.labels, correct, fooled)
+        return adaptive_records(records, seen, self.order) if adaptive or (seen < len(self.ids)).any() else records
+
+    # ---- maps at a stated precision
+
+    def open_cells(self, tile: Tile, upto: int, h: float) -> dict[str, list[str]]:
+        """This round's work of a map at a stated precision: per source, the targets whose pair must see the
+        images of the order up to `upto` because its interval is still wider than `h` (both directions of a pair:
+        the tile holds the pairs (A, B) of its cells with A before B in the model set, and every model's own
+        column). A pair that has seen `upto` images already waits for a later round; one whose interval is narrow
+        enough, or that has seen every image, is done."""
+        index = self.index
+        pairs = sorted(((s, t) for s, t in tile.pairs() if index[s] < index[t]),
+                       key=lambda p: (index[p[0]], index[p[1]]))
+        rows = {n: self.store.read(n) for n in {*tile.sources, *tile.targets}}
+        cells: dict[str, list[str]] = {}
+        for a, b in pairs:
+            seen, done = pair_done(rows[a], rows[b], self.keys[a], self.keys[b], self.rank, h)
+            if seen >= upto or done:
+                continue
+            cells.setdefault(a, []).append(b)
+            cells.setdefault(b, []).append(a)
+        for s in tile.sources:
+            if s in tile.targets and rows[s] is None:
+                cells.setdefault(s, []).append(s)  # a model without pairs here still gets its own column
+        return cells
+
+
+def pair_done(ra: Row | None, rb: Row | None, ka: str, kb: str, rank: np.ndarray, h: float) -> tuple[int, bool]:
+    """A pair of a map at a stated precision, from its two rows (None: no row yet): the images of the order both
+    its directions cover, and whether it is done (its interval on those is within +-h, or they are every image)."""
+    seen = min(ra.reach(kb) if ra is not None else 0, rb.reach(ka) if rb is not None else 0)
+    if seen == 0:
+        return 0, False
+    both = ra.own(ka) & rb.own(kb) & (rank < seen)  # type: ignore[union-attr, operator]
+    counts = pair_counts(both, ra.own(kb, "fooled"), rb.own(ka, "fooled"))  # type: ignore[union-attr, arg-type]
+    width = half_width(*counts)
+    return seen, bool(width <= h) or seen >= len(rank)
+
+
+def adaptive_records(records: Records, seen: np.ndarray, order: np.ndarray) -> Records:
+    """The records of a map at a stated precision from the full-size arrays of its rows and the images each
+    (source, target) column covers, `seen` [N,N]: a pair uses the images both its directions cover (the diagonal:
+    the source's attacked images), and `fooled` is False past them."""
+    used = np.minimum(seen, seen.T)
+    np.fill_diagonal(used, np.diagonal(seen))
+    inside = image_rank(order)[None, None, :] < used[:, :, None]
+    return Records(records.models, records.sample_ids, records.labels, records.correct, records.fooled & inside, order,
+                   used)
 
 
 def compute_records(
@@ -297,6 +414,8 @@ def compute_records(
     store_adversarial: bool = True,
     memory_budget: Budget | None = None,
     amp: bool | None = None,
+    precision: float | None = None,
+    first_round: int = 250,
 ) -> EngineResult:
     """Per-sample transfer records of the model set on `data` (items: image, label, sample_id).
 
@@ -312,6 +431,12 @@ def compute_records(
         store_adversarial: keep each source's images in the cache, so that new targets need no attack.
         memory_budget: how many models phase 2 keeps resident (`Budget`); None: what the device holds.
         amp: bf16 autocast (None: on CUDA only).
+        precision: a map at a stated precision (`sat.precision`): the 95 % half-width h, in ln units, at which a
+            pair stops taking images (None: every pair on every image). Images are taken in the seeded order
+            `satlab.sat.precision.image_order`, in rounds of `first_round` images, doubling, up to all
+            (`satlab.sat.precision.rounds`); after each round a pair whose interval (`sat_interval`) is no wider
+            than +-h stops, and a source stops attacking when all its pairs have. A pair's result is a prefix of
+            the fixed-count computation on the same order, so the cache, tiles and a later smaller h only add images.
     """
     names = models.names
     trainer, progress = make_trainer(trainer_cfg)
@@ -334,30 +459,21 @@ def compute_records(
     sizes = {n: models.nbytes(i) for i, n in enumerate(names)} if budget.nbytes is not None else {}
     result = EngineResult(None, context=context)
     try:
-        for round_ in range(6):  # attack, evaluate, check; again only for what the check dropped
-            plan = plan_tile(work, job.keys, {n: store.state(n) for n in work.sources}, sizes, budget)
-            if round_ == 0:
-                say(plan, store.keep)
-                store.check_room(plan.attack)
-            if plan.attack:
-                result.computed += job.attack_sources(plan.attack)
-                continue
-            if plan.columns:
-                for block in plan.blocks:
-                    result.completed += job.evaluate_block(block, plan.columns)
-                    result.blocks += 1
-                continue
-            if not job.disagreeing(work):
-                break
-        else:
-            raise SatlabError("the records could not be completed: rows kept disagreeing with each other "
-                              f"(see the warnings above); delete {Path(cache_dir or '.') / 'records'} and run again")
+        for upto in [len(ids)] if precision is None else rounds(len(ids), first_round):
+            cells = None
+            if precision is not None:
+                cells = job.open_cells(work, upto, precision)
+                pairs = sum(t != s for s, targets in cells.items() for t in targets) // 2
+                log.info("round of %d image(s): %d pair(s) wider than +-%g take more images", upto, pairs, precision)
+                if not cells:
+                    continue
+            complete(job, work, cells, upto, sizes, budget, result, first=precision is None)
         if tile is None:
-            result.records = job.records(names)
+            result.records = job.records(names, adaptive=precision is not None)
     finally:
         store.close()
     result.timings["engine_passes"] = time.perf_counter() - start
-    result.seconds = job.seconds
+    result.seconds, result.work = job.seconds, dict(job.work)
     result.data_path = engine_time(decode_report(data), job.clock, len(job.ids), result.timings["engine_passes"],
                                    decoded_before)
     result.disk_bytes = store.disk_bytes(list(work.sources)) if store.keep else 0
@@ -374,6 +490,34 @@ def compute_records(
                  _names(result.computed), result.blocks)
     say_engine_time(result.data_path, num_workers)
     return result
+
+
+def complete(job: Job, work: Tile, cells: dict[str, list[str]] | None, upto: int, sizes: dict[str, int | None],
+             budget: Budget, result: EngineResult, first: bool) -> None:
+    """Bring the tile's rows (`cells`: per source, the targets of this round; None: the tile's) to the first
+    `upto` images of the order: attack, evaluate, check; again only for what the check dropped. `first`: the
+    console says what the cache lacks and the disk's room is checked before any attack."""
+    store = job.store
+    check = work if cells is None else Tile(tuple(cells), tuple(cells))
+    for round_ in range(6):
+        sources = work.sources if cells is None else cells
+        plan = plan_tile(work, job.keys, {n: store.state(n) for n in sources}, sizes, budget, upto, cells)
+        if first and round_ == 0:
+            say(plan, store.keep)
+        if round_ == 0:
+            store.check_room(plan.attack)
+        if plan.attack:
+            result.computed += job.attack_sources(plan.attack, upto)
+            continue
+        if plan.columns:
+            for block in plan.blocks:
+                result.completed += job.evaluate_block(block, plan, upto)
+                result.blocks += 1
+            continue
+        if not job.disagreeing(check):
+            return
+    raise SatlabError("the records could not be completed: rows kept disagreeing with each other (see the warnings "
+                      f"above); delete {Path(job.cache_dir or '.') / 'records'} and run again")
 
 
 def say(plan: Plan, images_kept: bool) -> None:

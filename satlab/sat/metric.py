@@ -6,6 +6,10 @@ Records (see `satlab.sat.records`): `correct[N,S]` (model n classifies sample s 
     SAT(A,B) = ln( max( eps_s, 100 / (2|X_AB|) * sum_{x in X_AB} [ 1(A(x_B) != y) + 1(B(x_A) != y) ] ) )
 
 with X_AB the samples both A and B classify correctly and x_A the adversarial example of x made on A.
+
+In a map at a stated precision (`sat.precision`) each pair used only the first images of the map's order: every
+function takes that as `scope` [N,N,S] bool (`Records.scope()`; None: every image), and X_AB is then the images
+both classify correctly within the pair's scope.
 """
 
 from __future__ import annotations
@@ -14,40 +18,49 @@ import warnings
 
 import numpy as np
 
+from satlab.sat.precision import sat_interval
 from satlab.sat.resample import bootstrap_weights
 
 DEFAULT_EPS_S = 1e-8
 
 
-def joint_correct(correct: np.ndarray) -> np.ndarray:
-    """|X_AB| for every pair: the number of samples both models classify correctly, int [N,N]."""
+def joint_correct(correct: np.ndarray, scope: np.ndarray | None = None) -> np.ndarray:
+    """|X_AB| for every pair: the number of samples (within `scope`) both models classify correctly, int [N,N]."""
+    if scope is not None:
+        return joint_mask(correct, scope).sum(axis=-1)
     c = np.asarray(correct, dtype=np.int64)
     return c @ c.T
 
 
-def fooled_counts(correct: np.ndarray, fooled: np.ndarray) -> np.ndarray:
-    """For every (source, target): how many samples of X_AB the source's adversarial examples fool, int [N,N]."""
+def joint_mask(correct: np.ndarray, scope: np.ndarray | None = None) -> np.ndarray:
+    """X_AB of every pair as a mask [N,N,S] (within `scope`)."""
     correct = np.asarray(correct, dtype=bool)
     both = correct[:, None, :] & correct[None, :, :]
-    return (np.asarray(fooled, dtype=bool) & both).sum(axis=-1)
+    return both if scope is None else both & scope
 
 
-def transfer_rates(correct: np.ndarray, fooled: np.ndarray) -> np.ndarray:
+def fooled_counts(correct: np.ndarray, fooled: np.ndarray, scope: np.ndarray | None = None) -> np.ndarray:
+    """For every (source, target): how many samples of X_AB the source's adversarial examples fool, int [N,N]."""
+    return (np.asarray(fooled, dtype=bool) & joint_mask(correct, scope)).sum(axis=-1)
+
+
+def transfer_rates(correct: np.ndarray, fooled: np.ndarray, scope: np.ndarray | None = None) -> np.ndarray:
     """Asymmetric transfer rate in %: row = source, column = target, share of X_AB fooled. NaN where X_AB is empty.
 
     The diagonal is each model's white-box attack success rate on the samples it classifies correctly.
     """
-    n_both = joint_correct(correct)
+    n_both = joint_correct(correct, scope)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n_both > 0, 100.0 * fooled_counts(correct, fooled) / np.maximum(n_both, 1), np.nan)
+        return np.where(n_both > 0, 100.0 * fooled_counts(correct, fooled, scope) / np.maximum(n_both, 1), np.nan)
 
 
-def sat_matrix(correct: np.ndarray, fooled: np.ndarray, eps_s: float = DEFAULT_EPS_S) -> np.ndarray:
+def sat_matrix(correct: np.ndarray, fooled: np.ndarray, eps_s: float = DEFAULT_EPS_S,
+               scope: np.ndarray | None = None) -> np.ndarray:
     """The SAT matrix (natural log), symmetric by construction. NaN, with a warning, where X_AB is empty."""
     if eps_s <= 0:
         raise ValueError(f"eps_s must be > 0 (it floors the argument of the log), got {eps_s}")
-    n_both = joint_correct(correct)
-    counts = fooled_counts(correct, fooled)
+    n_both = joint_correct(correct, scope)
+    counts = fooled_counts(correct, fooled, scope)
     sym = counts + counts.T
     empty = n_both == 0
     if empty.any():
@@ -91,6 +104,7 @@ def sat_bootstrap(
     level: float = 0.95,
     eps_s: float = DEFAULT_EPS_S,
     chunk: int = 250,
+    scope: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap CI of every pair's SAT over images -> (low, high), symmetric float [N,N].
 
@@ -112,6 +126,8 @@ def sat_bootstrap(
     n, s = correct.shape
     rows, cols = np.triu_indices(n)  # the diagonal too (white-box), as in sat_matrix
     both = correct[rows] & correct[cols]  # [P, S]
+    if scope is not None:
+        both &= np.asarray(scope, dtype=bool)[rows, cols]
     events = (fooled[rows, cols] & both).astype(np.float32) + (fooled[cols, rows] & both)
     both = both.astype(np.float32)
     rng = np.random.default_rng(seed)
@@ -136,23 +152,42 @@ def sat_bootstrap(
 
 
 def pair_table(
-    names: list[str], correct: np.ndarray, fooled: np.ndarray, eps_s: float = DEFAULT_EPS_S, **bootstrap
+    names: list[str], correct: np.ndarray, fooled: np.ndarray, eps_s: float = DEFAULT_EPS_S,
+    images_used: np.ndarray | None = None, scope: np.ndarray | None = None, precision: float | None = None,
+    **bootstrap,
 ) -> dict[str, np.ndarray]:
     """One row per model pair (i < j): model_a, model_b, sat, ci_low, ci_high, n_joint (|X_AB|), transfer_ab,
     transfer_ba (%), floored (rate 0 -> ln eps_s). `bootstrap` goes to `sat_bootstrap` (n_boot, seed, level);
-    n_boot=0 leaves the CI columns NaN."""
+    n_boot=0 leaves the CI columns NaN.
+
+    A map at a stated precision (`images_used` [N,N] and `scope`, `Records`) adds images_used (the images of the
+    map's order the pair used), the stopping rule's interval stop_low / stop_high and its half_width
+    (`satlab.sat.precision.sat_interval`), and, with `precision` (h), reached_h (half_width <= h)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # empty X_AB: NaN, already reported by the caller
-        sat = sat_matrix(correct, fooled, eps_s)
+        sat = sat_matrix(correct, fooled, eps_s, scope)
     if bootstrap.get("n_boot", 1) == 0:
         low = high = np.full(sat.shape, np.nan)
     else:
-        low, high = sat_bootstrap(correct, fooled, eps_s=eps_s, **bootstrap)
-    rates = transfer_rates(correct, fooled)
+        low, high = sat_bootstrap(correct, fooled, eps_s=eps_s, scope=scope, **bootstrap)
+    rates = transfer_rates(correct, fooled, scope)
     rows, cols = np.triu_indices(len(names), k=1)
-    return {
+    n_joint = joint_correct(correct, scope)
+    table = {
         "model_a": np.asarray(names, dtype=object)[rows], "model_b": np.asarray(names, dtype=object)[cols],
         "sat": sat[rows, cols], "ci_low": low[rows, cols], "ci_high": high[rows, cols],
-        "n_joint": joint_correct(correct)[rows, cols], "transfer_ab": rates[rows, cols],
+        "n_joint": n_joint[rows, cols], "transfer_ab": rates[rows, cols],
         "transfer_ba": rates[cols, rows], "floored": floored(sat, eps_s)[rows, cols],
     }
+    if images_used is not None:
+        both = joint_mask(correct, scope)[rows, cols]  # [P, S]
+        fooled = np.asarray(fooled, dtype=bool)
+        c = (fooled[rows, cols] & both).astype(np.int64) + (fooled[cols, rows] & both)
+        k, q = c.sum(axis=1), (c * c).sum(axis=1)
+        stop_low, stop_high = sat_interval(k, n_joint[rows, cols], q, eps_s=eps_s)
+        width = np.where(k > 0, (stop_high - stop_low) / 2, np.inf)
+        table |= {"images_used": np.asarray(images_used)[rows, cols], "stop_low": stop_low, "stop_high": stop_high,
+                  "half_width": width}
+        if precision is not None:
+            table["reached_h"] = width <= precision
+    return table

@@ -43,24 +43,35 @@ def sample_seeds(seed: int, source: str, sample_ids: torch.Tensor) -> torch.Tens
 
 class Batches(Dataset):
     """The evaluation data in fixed batches: item b = (images, labels, sample ids, positions) of samples
-    b*size .. (b+1)*size-1, so every device and run sees the same batches (several devices take every k-th).
+    b*size .. (b+1)*size-1, so every device and run sees the same batches (several devices take every k-th);
+    with `positions`, of those positions only (in increasing order), `size` at a time.
 
     Images are uint8 [B,3,R,R] slices of the decoded pixels when the data has them (`LabeledDataset.pixels`:
     4x less to copy and move than float32; the steps convert them on the device, `from_stored`), else the items'
     float32 images, decoded on access.
     """
 
-    def __init__(self, data: Dataset, size: int) -> None:
+    def __init__(self, data: Dataset, size: int, positions: np.ndarray | None = None) -> None:
         self.data, self.size = data, size
+        self.positions = None if positions is None else np.sort(np.asarray(positions, dtype=np.int64))
         self.pixels = data.pixels() if isinstance(data, LabeledDataset) else None
         if self.pixels is not None:
             labels, ids = labels_and_ids(data)
             self.labels, self.ids = torch.from_numpy(labels), torch.from_numpy(ids)
 
     def __len__(self) -> int:
-        return -(-len(self.data) // self.size)  # type: ignore[arg-type]
+        total = len(self.data) if self.positions is None else len(self.positions)  # type: ignore[arg-type]
+        return -(-total // self.size)
 
     def __getitem__(self, b: int) -> Any:
+        if self.positions is not None:
+            at = self.positions[b * self.size:(b + 1) * self.size]
+            if self.pixels is None:
+                return default_collate([(*self.data[i], i) for i in at])
+            x = self.pixels[torch.from_numpy(at)] if isinstance(self.pixels, torch.Tensor) else self.pixels[at]
+            x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))  # fancy indexing: a copy
+            where = torch.from_numpy(at)
+            return x, self.labels[where], self.ids[where], where
         start, stop = b * self.size, min((b + 1) * self.size, len(self.data))  # type: ignore[arg-type]
         if self.pixels is None:
             return default_collate([(*self.data[i], i) for i in range(start, stop)])
@@ -178,11 +189,13 @@ class Phase(pl.LightningModule):
 
 class SourcePass(Phase):
     """Phase 1 for one source: clean correctness [S], the attack of the images it classifies correctly (written
-    into `images` by position) and whether they fool the source itself [S]."""
+    into `images` by position) and whether they fool the source itself [S]. With `only` [S] bool, just the images
+    it marks are attacked (a map at a stated precision attacks the first images of its order)."""
 
-    def __init__(self, model: nn.Module, name: str, attack: Attack, seed: int, images: np.ndarray, amp: bool) -> None:
+    def __init__(self, model: nn.Module, name: str, attack: Attack, seed: int, images: np.ndarray, amp: bool,
+                 only: np.ndarray | None = None) -> None:
         super().__init__([model], amp)
-        self.name, self.attack, self.seed, self.images = name, attack, seed, images
+        self.name, self.attack, self.seed, self.images, self.only = name, attack, seed, images, only
         self.correct = np.zeros(len(images), dtype=bool)
         self.fooled = np.zeros(len(images), dtype=bool)
 
@@ -196,6 +209,8 @@ class SourcePass(Phase):
             with torch.inference_mode():
                 correct = model(x).argmax(1) == y
             self.correct[p] = correct.cpu().numpy()
+            if self.only is not None:
+                correct = correct & torch.from_numpy(self.only[p]).to(correct.device)
             keep = correct.nonzero().squeeze(1)
             if not keep.numel():
                 return {}
@@ -232,11 +247,14 @@ class TargetPass(Phase):
     Args:
         models: the block's targets; correct: their clean correctness [T,S];
         need: [sources, T] which pairs to evaluate; n_samples: S.
+        window: for a map at a stated precision, (start, stop, rank): pair (a, j) is evaluated on the images whose
+            place in the map's order (`rank` [S]) is in [start[a, j], stop[a, j]); None: on every image.
     """
 
-    def __init__(self, models: Sequence[nn.Module], correct: np.ndarray, need: np.ndarray, amp: bool) -> None:
+    def __init__(self, models: Sequence[nn.Module], correct: np.ndarray, need: np.ndarray, amp: bool,
+                 window: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         super().__init__(models, amp)
-        self.correct, self.need = correct, need
+        self.correct, self.need, self.window = correct, need, window
         self.fooled = np.zeros((len(need), len(models), correct.shape[1]), dtype=bool)
 
     def outputs(self) -> dict[str, np.ndarray]:
@@ -248,6 +266,9 @@ class TargetPass(Phase):
         with self.cast(x), torch.inference_mode():
             for j, model in enumerate(self.models):
                 mask = self.correct[j, p] & self.need[s, j]
+                if self.window is not None:
+                    start, stop, rank = self.window
+                    mask &= (start[s, j] <= rank[p]) & (rank[p] < stop[s, j])
                 if mask.any():
                     on = torch.from_numpy(mask).to(x.device)
                     self.fooled[s[mask], j, p[mask]] = (model(x[on]).argmax(1) != y[on]).cpu().numpy()

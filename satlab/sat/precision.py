@@ -1,6 +1,6 @@
 """SAT at a stated precision: the interval a pair's SAT gets from the images seen so far, and the rounds in which
-images are taken, for maps whose pairs stop when their interval is narrow enough (`sat.precision`, issue 24: the
-engine does not use this yet). Pure NumPy.
+images are taken, for maps whose pairs stop when their interval is narrow enough (`sat.precision`; the engine's
+rounds are in `satlab.sat.engine`). Pure NumPy.
 
 A pair (A, B) seen on n images of X_AB has, per image i, c_i in {0, 1, 2} fooled directions (B fooled by x_A, A by
 x_B). SAT = ln(100 p) with p = sum(c) / 2n. The two directions of one image are not independent trials (an image
@@ -20,8 +20,11 @@ fooled. The coverage under stopping when the interval is narrow enough is checke
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+
+from satlab.utils import SatlabError
 
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 
@@ -81,3 +84,65 @@ def needed_images(rate: float, h: float, share: float = 1.0, z: float = Z95) -> 
     if rate <= 0:
         return math.inf
     return z * z * (1 - rate) / (2 * rate * h * h) / share
+
+
+def image_order(seed: int, images: int) -> np.ndarray:
+    """The fixed seeded order in which a map at a stated precision takes its images: a permutation of the dataset
+    positions [S] (dataset folders are sorted by class, so their own order would give the first rounds one class).
+    A pair seen on m images used the positions `image_order(seed, S)[:m]`; a function of the run seed and S only,
+    and both are part of every row's cache key."""
+    return np.random.default_rng([int(seed), 24]).permutation(int(images))
+
+
+def image_rank(order: np.ndarray) -> np.ndarray:
+    """Each position's place in `order` [S] (its inverse permutation)."""
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+def pair_counts(both: np.ndarray, fooled_ab: np.ndarray, fooled_ba: np.ndarray) -> tuple[int, int, int]:
+    """A pair's (fooled, images, squares) for `sat_interval` from boolean [S] arrays: the images it uses (X_AB within
+    its prefix, `both`) and the two directions' fooled flags."""
+    c = (fooled_ab & both).astype(np.int64) + (fooled_ba & both)
+    return int(c.sum()), int(both.sum()), int((c * c).sum())
+
+
+def parse_precision(value: Any) -> float | None:
+    """`sat.precision`: null (every pair on every image) or the 95 % half-width h > 0 in ln units; else SatlabError."""
+    if value is None:
+        return None
+    hint = "give the 95 % half-width of each pair's SAT in ln units, e.g. sat.precision=0.15, or null for every image"
+    if isinstance(value, bool):
+        raise SatlabError(f"sat.precision={value}: {hint}")
+    try:
+        h = float(value)
+    except (TypeError, ValueError):
+        raise SatlabError(f"sat.precision={value} is not a number; {hint}") from None
+    if not math.isfinite(h) or h <= 0:
+        raise SatlabError(f"sat.precision={value}: must be a finite number > 0; {hint}")
+    return h
+
+
+def narrowest(images: int, z: float = Z95) -> float:
+    """The narrowest half-width any pair can reach on `images` images: every image in X_AB and fooled both ways
+    (Wilson's interval at p = 1 on 2 x images trials; a lower rate only widens it)."""
+    return float(half_width(2 * images, images, 4 * images, z)) if images > 0 else math.inf
+
+
+def check_reachable(h: float, images: int) -> None:
+    """SatlabError when no pair can reach `h` on the map's `images` images (`narrowest`), before any model work."""
+    best = narrowest(images)
+    if h < best:
+        raise SatlabError(f"sat.precision={h:g}: no pair can reach it on {images} image(s) (even a pair fooled both "
+                          f"ways on every image has a half-width of {best:.3g}); give sat.precision >= {best:.2g} or "
+                          "more images (dataset.samples_per_class)")
+
+
+def lowest_rate(h: float, images: int, share: float = 1.0) -> float:
+    """About the lowest transfer rate (0-1) whose pairs reach `h` on `images` images with a share `share` of them
+    in X_AB (independent directions; `needed_images` solved for the rate). Pairs below it use every image."""
+    if images <= 0:
+        return 1.0
+    k = Z95 * Z95 / (2 * h * h * share * images)  # needed_images = k (1 - p) / p * images  ->  p = k / (1 + k)
+    return k / (1 + k)

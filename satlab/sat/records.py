@@ -1,8 +1,10 @@
 """The files that are the contracts between stages: `records.npz` and matrices in the paper's CSV format.
 
 `records.npz`: `models` [N] str, `sample_ids` [S] int, `labels` [S] int, `correct` [N,S] bool,
-`fooled` [N,N,S] bool (source, target, sample). Matrix CSV: header row and first column are model names
-(the format of the paper's released `SAT_release.csv`). Every write is atomic.
+`fooled` [N,N,S] bool (source, target, sample); a map at a stated precision (`sat.precision`) adds `image_order` [S]
+(the seeded order its images were taken in) and `images_used` [N,N] int (pair (A, B) used the images
+`image_order[:images_used[A, B]]`, symmetric; the diagonal: the source's attacked images). Matrix CSV: header row and
+first column are model names (the format of the paper's released `SAT_release.csv`). Every write is atomic.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 from satlab.utils import SatlabError, atomic_path, write_csv
 
 RECORD_KEYS = ("models", "sample_ids", "labels", "correct", "fooled")
+PRECISION_KEYS = ("image_order", "images_used")  # only in maps at a stated precision
 
 
 @dataclass
@@ -30,6 +33,8 @@ class Records:
     labels: np.ndarray
     correct: np.ndarray
     fooled: np.ndarray
+    image_order: np.ndarray | None = None
+    images_used: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.models = [str(m) for m in self.models]
@@ -39,6 +44,14 @@ class Records:
         self.fooled = np.asarray(self.fooled, dtype=bool)
         n, s = len(self.models), len(self.sample_ids)
         expected = {"labels": (s,), "correct": (n, s), "fooled": (n, n, s)}
+        if (self.image_order is None) != (self.images_used is None):
+            raise SatlabError("records: 'image_order' and 'images_used' come together (a map at a stated precision)")
+        if self.image_order is not None:
+            self.image_order = np.asarray(self.image_order, dtype=np.int64)
+            self.images_used = np.asarray(self.images_used, dtype=np.int64)
+            expected |= {"image_order": (s,), "images_used": (n, n)}
+            if not np.array_equal(np.sort(self.image_order), np.arange(s)):
+                raise SatlabError("records: 'image_order' is not an order of the samples (a permutation of 0..S-1)")
         for key, shape in expected.items():
             if getattr(self, key).shape != shape:
                 raise SatlabError(
@@ -47,11 +60,29 @@ class Records:
                 )
 
 
+    def scope(self) -> np.ndarray | None:
+        """Which images each pair uses, [N,N,S] bool (within X_AB or not), for a map at a stated precision; None:
+        every pair uses every image. What the metric functions take as `scope`."""
+        if self.images_used is None:
+            return None
+        rank = np.empty(len(self.sample_ids), dtype=np.int64)
+        rank[self.image_order] = np.arange(len(rank))
+        return rank[None, None, :] < self.images_used[:, :, None]
+
+    def subset(self, rows: Sequence[int]) -> "Records":
+        """The records of the models at `rows` (in that order)."""
+        rows = list(rows)
+        used = None if self.images_used is None else self.images_used[np.ix_(rows, rows)]
+        return Records([self.models[i] for i in rows], self.sample_ids, self.labels, self.correct[rows],
+                       self.fooled[np.ix_(rows, rows)], self.image_order, used)
+
+
 def save_records(path: str | os.PathLike, records: Records) -> Path:
-    """Write `records.npz` atomically (compressed)."""
+    """Write `records.npz` atomically (compressed); the keys of a map at a stated precision only when it is one."""
+    keys = RECORD_KEYS + (PRECISION_KEYS if records.images_used is not None else ())
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **{k: np.asarray(getattr(records, k)) for k in RECORD_KEYS})
+            np.savez_compressed(fh, **{k: np.asarray(getattr(records, k)) for k in keys})
     return Path(path)
 
 
@@ -65,7 +96,7 @@ def load_records(path: str | os.PathLike) -> Records:
             missing = [k for k in RECORD_KEYS if k not in data]
             if missing:
                 raise SatlabError(f"records file '{path}' lacks {missing}; expected keys {list(RECORD_KEYS)}")
-            return Records(**{k: data[k] for k in RECORD_KEYS})
+            return Records(**{k: data[k] for k in RECORD_KEYS + PRECISION_KEYS if k in data or k in RECORD_KEYS})
     except (OSError, ValueError) as err:
         raise SatlabError(f"records file '{path}' is not a valid .npz file ({err})") from None
 

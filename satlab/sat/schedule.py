@@ -72,16 +72,23 @@ class Budget:
 
 @dataclass(frozen=True)
 class RowState:
-    """What a source's cached row holds: the content keys of the targets it has columns for, and whether its
-    adversarial images are at hand (stored in the cache, or kept by this run)."""
+    """What a source's cached row holds: the content keys of the targets it has columns for, whether its
+    adversarial images are at hand (stored in the cache, or kept by this run), and, in maps at a stated precision,
+    the columns that cover only the first images of the map's order (`partial`: (key, images covered)). The
+    source's own column covers as many images as its adversarial images do."""
 
     targets: frozenset[str] = frozenset()
     images: bool = False
     exists: bool = False
+    partial: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def of(cls, targets: Sequence[str], images: bool) -> "RowState":
         return cls(frozenset(targets), images, True)
+
+    def reach(self, key: str) -> float:
+        """Images of the order the column of `key` covers: 0 without a column, inf when it covers every image."""
+        return dict(self.partial).get(key, math.inf) if key in self.targets else 0
 
 
 @dataclass
@@ -91,6 +98,7 @@ class Plan:
     blocks: list[list[str]] = field(default_factory=list)
     reuse: list[str] = field(default_factory=list)
     lacking: dict[str, list[str]] = field(default_factory=dict)  # sources with a row that lacks targets
+    starts: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, target): images its column covers
 
     @property
     def done(self) -> bool:
@@ -98,27 +106,32 @@ class Plan:
 
 
 def plan_tile(tile: Tile, keys: Mapping[str, str], rows: Mapping[str, RowState], sizes: Mapping[str, int | None],
-              budget: Budget) -> Plan:
+              budget: Budget, upto: float = math.inf, cells: Mapping[str, Sequence[str]] | None = None) -> Plan:
     """The work of `tile` given the rows' states (`rows[name]`, absent: no row); see the module docstring.
 
     A source's own column (its white-box success) is made in phase 1, so an attacked source's row holds it.
+    `upto` and `cells` are for maps at a stated precision: the columns must cover the first `upto` images of the
+    map's order (inf: every image), and `cells` names each source's targets this round (default: the tile's).
     """
     plan = Plan()
-    for source in tile.sources:
+    wanted = {s: list(tile.targets) for s in tile.sources} if cells is None else cells
+    for source, targets in wanted.items():
         row = rows.get(source, RowState())
-        needed = [t for t in tile.targets if keys[t] not in row.targets]
+        needed = [t for t in targets if row.reach(keys[t]) < upto]
         if row.exists and not needed:
             plan.reuse.append(source)
             continue
         if row.exists:
             plan.lacking[source] = needed
-        if not row.exists or not row.images:
+        if not row.exists or not row.images or row.reach(keys[source]) < upto:
             plan.attack.append(source)
             needed = [t for t in needed if t != source]
         if needed:
             plan.columns[source] = needed
-    wanted = {t for targets in plan.columns.values() for t in targets}
-    plan.blocks = target_blocks([t for t in tile.targets if t in wanted], sizes, budget)
+            plan.starts |= {(source, t): int(r) for t in needed if 0 < (r := row.reach(keys[t])) < math.inf}
+    evaluated = {t for targets in plan.columns.values() for t in targets}
+    order = [*tile.targets, *(s for s in tile.sources if s not in tile.targets)]
+    plan.blocks = target_blocks([t for t in order if t in evaluated], sizes, budget)
     return plan
 
 

@@ -86,7 +86,8 @@ def load_kappa_inputs(option: Any, matrix_path: Path, names: list[str], sat: np.
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # empty X_AB: NaN on both sides
-            mine = metric.sat_matrix(records.correct[rows], records.fooled[np.ix_(rows, rows)], eps_s)
+            sub = records.subset(rows)
+            mine = metric.sat_matrix(sub.correct, sub.fooled, eps_s, sub.scope())
         idx = [names.index(n) for n in shared]
         diff = np.abs(np.nan_to_num(mine, nan=1e9) - np.nan_to_num(sat[np.ix_(idx, idx)], nan=1e9))
         if diff.max() > 1e-6:
@@ -143,15 +144,16 @@ def records_extras(kappa_inputs, names: list[str], eps_s: float, acfg: DictConfi
         return None, None, {"n_boot": 0, "reason": "no records.npz of this matrix (pass analyze.records=...)"}
     _, records, shared, rows = kappa_inputs
     idx = np.array([names.index(m) for m in shared])
-    correct, fooled = records.correct[rows], records.fooled[np.ix_(rows, rows)]
-    n_joint[np.ix_(idx, idx)] = metric.joint_correct(correct)
+    sub = records.subset(rows)
+    correct, fooled, scope = sub.correct, sub.fooled, sub.scope()
+    n_joint[np.ix_(idx, idx)] = metric.joint_correct(correct, scope)
     n_boot = int(acfg.n_bootstrap)
     info = {"n_boot": n_boot, "seed": int(acfg.seed), "level": 0.95, "n_samples": int(correct.shape[1]),
             "n_models": len(shared)}
     if n_boot == 0:
         return n_joint, None, {**info, "reason": "analyze.n_bootstrap=0"}
     tick = time.perf_counter()
-    part = metric.sat_bootstrap(correct, fooled, n_boot=n_boot, seed=int(acfg.seed), eps_s=eps_s)
+    part = metric.sat_bootstrap(correct, fooled, n_boot=n_boot, seed=int(acfg.seed), eps_s=eps_s, scope=scope)
     info["seconds"] = round(time.perf_counter() - tick, 3)
     ci = tuple(np.full((n, n), np.nan) for _ in part)
     for full, got in zip(ci, part):

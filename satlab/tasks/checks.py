@@ -91,6 +91,9 @@ SCHEMA: dict[str, Key] = {
     "sat.assemble": BOOL,
     "sat.status": BOOL,
     "sat.store_adversarial": BOOL,
+    "sat.precision": Key("number", 0, open_low=True, nullable=True, null_means="every pair on every image",
+                         note="the 95% half-width of each pair's SAT in ln units, e.g. 0.15"),
+    "sat.first_round": Key("int", 1, note="images of the first round of a map at a stated precision (then doubling)"),
     # task=analyze (analyze.n_clusters and analyze.test_size are checked against the matrix's size)
     "analyze.seed": SEED,
     "analyze.symmetric_tol": TOLERANCE,

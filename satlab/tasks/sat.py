@@ -22,6 +22,7 @@ from satlab.models import COMPONENTS, ModelSet, model_specs
 from satlab.sat import metric
 from satlab.sat.assemble import assemble_records
 from satlab.sat.engine import check_budget, compute_records
+from satlab.sat.precision import check_reachable, lowest_rate, parse_precision
 from satlab.sat.records import Records, save_records, write_matrix
 from satlab.sat.schedule import Tile, job_tile, parse_budget, tile_list
 from satlab.tasks import tile_status
@@ -44,6 +45,7 @@ def run(cfg: DictConfig) -> dict:
     attack = build(cfg, "attack")
     start = time.perf_counter()
     data = eval_data(cfg, attack)
+    precision = stated_precision(params, len(data.eval))  # before any decoding or model work
     asked = OmegaConf.select(cfg, "dataset.samples_per_class", default=None)
     cache = Path(cfg.paths.cache_dir) if params.resume else None
     decode_eval(data, cache, params.num_workers)  # before any model work; the pixel file once the models are checked
@@ -60,21 +62,21 @@ def run(cfg: DictConfig) -> dict:
         tile_status.record_this_job(cfg, models.names, keys, attack, data.eval, tile, out)
 
     start = time.perf_counter()
-    engine = dict(seed=int(cfg.seed), trainer_cfg=trainer_config(cfg))
+    engine = dict(seed=int(cfg.seed), trainer_cfg=trainer_config(cfg), precision=precision)
     if assemble:  # before tracking: missing rows stop the run with nothing written
         result = assemble_records(models.names, keys, data.eval, attack, cfg.paths.cache_dir, tiles=tiles, **engine)
     tracker = start_tracking(cfg, "sat", out)
     if not assemble:
         result = compute_records(
             models, data.eval, attack, batch_size=int(params.batch_size), num_workers=params.num_workers,
-            cache_dir=cache, tile=tile,
-            store_adversarial=bool(params.store_adversarial), memory_budget=budget, **engine)
+            cache_dir=cache, tile=tile, store_adversarial=bool(params.store_adversarial), memory_budget=budget,
+            first_round=int(params.first_round), **engine)
     timings["engine"] = time.perf_counter() - start
     timings.update(result.timings)
     progress = {"reused_sources": result.reused, "computed_sources": result.computed,
                 "completed_sources": result.completed, "records_context": result.context,
                 "target_blocks": result.blocks, "cache_disk_mib": round(result.disk_bytes / 2**20, 2),
-                "engine_time": result.data_path}
+                "engine_time": result.data_path, "engine_work": result.work}
     if result.records is None:  # a tile: its rows are in the cache
         progress["dataset_notes"] = data.notes
         return tile_done(cfg, out, tracker, timings, tile, progress)  # type: ignore[arg-type]
@@ -82,11 +84,12 @@ def run(cfg: DictConfig) -> dict:
     tick = time.perf_counter()
     results = write_map(out, result.records, models, float(params.eps_s), int(params.n_bootstrap), int(cfg.seed),
                         map_title(str(cfg.model_set.name), data.name, attack, len(result.records.sample_ids)),
-                        more_images=asked is not None and short_classes(data, asked) is None)
+                        more_images=asked is not None and short_classes(data, asked) is None, precision=precision)
     timings["outputs"] = time.perf_counter() - tick
     summary = {**results.summary(models, keys), "attack": attack.describe(), "attack_notes": list(attack.notes),
                "bootstrap_ci": {"n_boot": int(params.n_bootstrap), "seed": int(cfg.seed), "level": 0.95},
-               "assembled": assemble, "dataset_notes": data.notes, **progress}
+               "assembled": assemble, "dataset_notes": data.notes, **progress,
+               "precision": results.precision_summary(precision, int(params.first_round))}
     write_summary(out, cfg, timings, **summary)
     results.track(tracker, out, timings, attack.notes)
     if params.print_table:
@@ -112,6 +115,20 @@ def map_title(model_set: str, dataset: str, attack, n_images: int) -> str:
     eps = f"{round(levels)}/255" if on_grid else f"{attack.eps:.4g}"
     steps = f"{attack.steps} step{'s' if attack.steps != 1 else ''}"
     return f"SAT: {model_set} on {dataset} ({n_images} images)\n{attack.name}, {norm} eps={eps}, {steps}"
+
+
+def stated_precision(params: DictConfig, images: int) -> float | None:
+    """`sat.precision` checked against the map's `images` (SatlabError when no pair could reach it), and what to
+    expect on the console: the transfer rates below which pairs use every image without reaching it."""
+    precision = parse_precision(params.get("precision"))
+    if precision is None:
+        return None
+    check_reachable(precision, images)
+    log.info("sat.precision=%g: each pair takes images (%d, then doubling, of %d in a seeded order) until its 95%% "
+             "interval is within +-%g ln units; pairs transferring less than about %.1f %% of the time use every image "
+             "and are marked as not reaching it", precision, min(int(params.first_round), images), images, precision,
+             100 * lowest_rate(precision, images))
+    return precision
 
 
 def job_of(cfg: DictConfig, names: list[str], assemble: bool, status: bool = False
@@ -152,22 +169,24 @@ class MapResults:
     """A map's derived tables (matrix, rates, per-pair CIs, per-model table, structure), from its records."""
 
     def __init__(self, records: Records, models: ModelSet, eps_s: float, n_boot: int, seed: int,
-                 more_images: bool = True) -> None:
+                 more_images: bool = True, precision: float | None = None) -> None:
         self.records, self.names = records, records.models
+        scope = records.scope()  # a map at a stated precision: the images each pair used
         with warnings.catch_warnings(record=True):  # said below in plain words, without Python's source line
             warnings.simplefilter("always", RuntimeWarning)
-            self.sat = metric.sat_matrix(records.correct, records.fooled, eps_s)
-        empty = int(np.triu(metric.joint_correct(records.correct) == 0, 1).sum())
+            self.sat = metric.sat_matrix(records.correct, records.fooled, eps_s, scope)
+        self.joint = metric.joint_correct(records.correct, scope)
+        empty = int(np.triu(self.joint == 0, 1).sum())
         if empty:
             more = ("more images (dataset.samples_per_class)" if more_images else
                     "more images in the dataset (raising dataset.samples_per_class adds none)")
             log.warning("%d of %d model pair(s) have no image both models classify correctly (empty X_AB): their SAT "
                         "is NaN and the analyses leave them out; %s or more accurate models give them a value",
                         empty, len(self.names) * (len(self.names) - 1) // 2, more)
-        self.rates = metric.transfer_rates(records.correct, records.fooled)
+        self.rates = metric.transfer_rates(records.correct, records.fooled, scope)
         self.table = models_table(models, records.correct, np.diagonal(self.rates))
         self.pairs = pd.DataFrame(metric.pair_table(self.names, records.correct, records.fooled, eps_s,
-                                                    n_boot=n_boot, seed=seed))
+                                                    records.images_used, scope, precision, n_boot=n_boot, seed=seed))
         self.floored = self.pairs.loc[self.pairs["floored"], ["model_a", "model_b"]].to_numpy().tolist()
         self.floor_mask = metric.floored(self.sat, eps_s)
         self.shape: Structure = structure(self.sat, self.names, [s.family for s in models.specs],
@@ -181,13 +200,33 @@ class MapResults:
             "samples": int(len(self.records.sample_ids)),
             "clean_accuracy": dict(zip(self.names, table["clean_accuracy"].round(4).tolist())),
             "whitebox_success": dict(zip(self.names, table["whitebox_success"].round(2).tolist())),
-            "min_joint_correct": int(metric.joint_correct(self.records.correct).min()),
+            "min_joint_correct": int(self.joint.min()),
             "floored_pairs": self.floored,
             "structure": {"same_family_auc": shape.same_family_auc, "same_family_pairs": shape.n_same,
                           "cross_family_pairs": shape.n_cross, "twins_rank": [list(t) for t in shape.twins],
                           "pairs_without_value": shape.missing_same + shape.missing_cross},
             "zoo": {name: models.info(i) for i, name in enumerate(models.names) if models.info(i)},
         }
+
+    def precision_summary(self, precision: float | None, first_round: int) -> dict | None:
+        """summary.json's `precision` (a map at a stated precision), said on the console too: how many pairs
+        reached h, which used every image without reaching it, and the images the pairs used."""
+        if self.records.images_used is None:
+            return None
+        pairs, total = self.pairs, len(self.records.sample_ids)
+        short = pairs[~pairs["reached_h"]] if "reached_h" in pairs else pairs.iloc[:0]
+        info = {"h": precision, "first_round": first_round, "pairs": len(pairs),
+                "reached_h": int(len(pairs) - len(short)),
+                "not_reached": [[a, b] for a, b in short[["model_a", "model_b"]].to_numpy().tolist()],
+                "images_used_mean": round(float(pairs["images_used"].mean()), 1) if len(pairs) else 0.0,
+                "images": total}
+        if precision is not None:
+            log.info("sat.precision=%g: %d of %d pair(s) reached it, on %.0f of %d images on average; %d used every "
+                     "image without reaching it%s (sat_ci.csv: images_used, half_width, reached_h)", precision,
+                     info["reached_h"], len(pairs), info["images_used_mean"], total, len(short),
+                     " (" + ", ".join(f"{a}/{b}" for a, b in info["not_reached"][:6])
+                     + (" ..." if len(short) > 6 else "") + ")" if len(short) else "")
+        return info
 
     def track(self, tracker, out: Path, timings: dict, notes) -> None:
         names = self.names
@@ -223,10 +262,11 @@ class MapResults:
 
 
 def write_map(out: Path, records: Records, models: ModelSet, eps_s: float, n_boot: int, seed: int,
-              title: str, more_images: bool = True) -> MapResults:
+              title: str, more_images: bool = True, precision: float | None = None) -> MapResults:
     """Derive the map's tables from `records` and write them (records.npz, matrices, CSVs, heatmap);
-    `more_images` False: the dataset has no more images to give (its closing advice says so)."""
-    results = MapResults(records, models, eps_s, n_boot, seed, more_images)
+    `more_images` False: the dataset has no more images to give (its closing advice says so); `precision`: the h
+    of a map at a stated precision (sat_ci.csv says which pairs reached it)."""
+    results = MapResults(records, models, eps_s, n_boot, seed, more_images, precision)
     save_records(out / "records.npz", records)
     write_matrix(out / "sat_matrix.csv", results.names, results.sat)
     write_matrix(out / "transfer_rates.csv", results.names, results.rates)

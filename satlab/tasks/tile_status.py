@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig
 
 from satlab.sat.cache import RowStore, image_dtype
+from satlab.sat.precision import parse_precision
 from satlab.sat.schedule import Tile
 from satlab.utils import plain, stable_hash, write_json
 
@@ -74,10 +75,15 @@ class TileState:
 
     tile: Tile
     held: dict[str, int] = field(default_factory=dict)  # source -> targets of the tile its row holds
+    owned: dict[str, int] | None = None  # source -> targets it computes (a map at a stated precision), else all
+
+    def of(self, source: str) -> int:
+        """How many targets the tile computes for `source`."""
+        return len(self.tile.targets) if self.owned is None else self.owned[source]
 
     @property
     def done(self) -> bool:
-        return all(self.held[s] == len(self.tile.targets) for s in self.tile.sources)
+        return all(self.held[s] == self.of(s) for s in self.tile.sources)
 
     @property
     def started(self) -> bool:
@@ -90,30 +96,46 @@ class TileState:
 
     def sources_line(self) -> str:
         """Which sources are done, partly done (k of n targets) and not started."""
-        n = len(self.tile.targets)
-        groups = {"done": [s for s in self.tile.sources if self.held[s] == n],
-                  "partly": [f"{s} ({self.held[s]} of {n} targets)" for s in self.tile.sources if 0 < self.held[s] < n],
-                  "not started": [s for s in self.tile.sources if self.held[s] == 0]}
+        groups = {"done": [s for s in self.tile.sources if self.held[s] == self.of(s)],
+                  "partly": [f"{s} ({self.held[s]} of {self.of(s)} targets)" for s in self.tile.sources
+                             if 0 < self.held[s] < self.of(s)],
+                  "not started": [s for s in self.tile.sources if self.held[s] == 0 < self.of(s)]}
         return "; ".join(f"{what}: {', '.join(items)}" for what, items in groups.items() if items)
 
 
-def tile_states(store: RowStore, keys: dict[str, str], tiles: Sequence[Tile]) -> list[TileState]:
+def tile_states(store: RowStore, keys: dict[str, str], tiles: Sequence[Tile], precision: float | None = None,
+                seed: int = 0) -> list[TileState]:
     """Each tile's state from the rows in the cache (each row read once).
 
     Args:
         store: the map's rows (`RowStore` on the cache, with the map's context); keys: model -> content key.
         tiles: the map's tiles (`sat.tiles`).
+        precision, seed: a map at a stated precision (`sat.precision`, its run seed): a tile computes both
+            directions of its pairs (A, B) with A before B in the model set, and its models' own columns
+            (`satlab.sat.engine.Job.open_cells`); such a pair is held when it is done by the stopping rule
+            (`satlab.sat.engine.pair_done`). Without it, a (source, target) is held when it saw every image.
     """
-    rows = {s: store.read(s) for s in dict.fromkeys(s for t in tiles for s in t.sources)}
-    states = []
-    for tile in tiles:
-        held = {}
-        for source in tile.sources:
-            row = rows[source]
-            have = set(row.target_keys) if row is not None else set()
-            held[source] = sum(keys[t] in have for t in tile.targets)
-        states.append(TileState(tile, held))
-    return states
+    from satlab.sat.engine import pair_done
+    from satlab.sat.precision import image_order, image_rank
+
+    rows = {s: store.read(s) for s in dict.fromkeys(s for t in tiles for s in (*t.sources, *t.targets))}
+    total = len(store.ids)
+    rank = image_rank(image_order(seed, total))
+
+    def held(source: str, target: str) -> bool:
+        row = rows[source]
+        if precision is None or source == target or row is None:
+            return row is not None and row.reach(keys[target]) >= (total if precision is None else 1)
+        return pair_done(row, rows[target], keys[source], keys[target], rank, precision)[1]
+
+    index = {n: i for i, n in enumerate(keys)}
+
+    def computes(tile: Tile, source: str) -> list[str]:
+        return [t for t in tile.targets if precision is None or index[source] <= index[t]]
+
+    return [TileState(tile, {s: sum(held(s, t) for t in computes(tile, s)) for s in tile.sources},
+                      None if precision is None else {s: len(computes(tile, s)) for s in tile.sources})
+            for tile in tiles]
 
 
 def resubmit_command(states: Sequence[TileState], records: dict[int, dict[str, Any]], own: Sequence[str]) -> str:
@@ -221,7 +243,7 @@ def show(cfg: DictConfig, names: Sequence[str], keys: Sequence[str], attack: Any
     key, context = tiles_context(cfg, names, keys, attack, data)
     labels, ids = labels_and_ids(data)
     store = RowStore(cfg.paths.cache_dir, list(names), list(keys), context, ids, labels, (0,), image_dtype(True))
-    states = tile_states(store, dict(zip(names, keys)), tiles)
+    states = tile_states(store, dict(zip(names, keys)), tiles, parse_precision(cfg.sat.get("precision")), int(cfg.seed))
     records = {t.index: r for t in tiles if (r := read_record(cfg.paths.cache_dir, key, int(t.index))) is not None}
     own = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     print(report(states, records, own))  # type: ignore[arg-type]
