@@ -38,11 +38,15 @@ def _one_thread(one_thread):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """digits_tiny's 4 models (trained once into SATLAB_CACHE_DIR, shared with the other tests, or a temp dir),
-    the eval digits, and the fixed-count map of them."""
-    data = digits()
-    cache = os.environ.get("SATLAB_CACHE_DIR") or str(tmp_path_factory.mktemp("zoo"))
+def zoo_cache(tmp_path_factory) -> str:
+    """Where digits_tiny is trained once: SATLAB_CACHE_DIR (shared with the other tests) or a temp dir."""
+    return os.environ.get("SATLAB_CACHE_DIR") or str(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="module")
+def setup(zoo_cache):
+    """digits_tiny's 4 models (trained once into `zoo_cache`), the eval digits, and the fixed-count map of them."""
+    data, cache = digits(), zoo_cache
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         model_set = compose("config", overrides=["model_set=digits_tiny"]).model_set
     specs = model_specs(model_set)
@@ -181,3 +185,29 @@ def test_without_stored_images_a_smaller_h_attacks_again_from_the_first_image(se
     for key in ("correct", "fooled", "images_used", "image_order"):
         np.testing.assert_array_equal(getattr(again.records, key), getattr(fresh.records, key))
     assert again.work["attacked"] >= fresh.work["attacked"]  # its sources were attacked again from the start
+
+
+def test_analyze_and_compare_take_a_precision_map(setup, zoo_cache, tmp_path, satlab_in_process):
+    """task=sat with sat.precision, then task=analyze on it (kappa and CIs from its records, each pair on its own
+    images) and task=compare of it against the fixed map of the same models."""
+    common = ["experiment=smoke", "dataset.samples_per_class=null", "attack=pgd_linf", "attack.eps=0.0627451",
+              "attack.steps=2", "sat.n_bootstrap=100", "sat.print_table=false", "logger=none",
+              "trainer.enable_progress_bar=false", f"paths.cache_dir={zoo_cache}"]  # the zoo trained
+    for name, extra in (("adaptive", ["sat.precision=1.0", "sat.first_round=40"]), ("fixed", [])):
+        done = satlab_in_process([*common, *extra, "sat.resume=false", f"paths.output_dir={tmp_path / name}"],
+                                 tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    pairs = pd.read_csv(tmp_path / "adaptive" / "sat_ci.csv")
+    assert {"images_used", "half_width", "reached_h"} <= set(pairs.columns)
+    assert (pairs["ci_low"] <= pairs["sat"]).all() and (pairs["sat"] <= pairs["ci_high"]).all()
+    matrix = tmp_path / "adaptive" / "sat_matrix.csv"
+    analyzed = satlab_in_process(["task=analyze", "logger=none", f"analyze.matrix={matrix}", "analyze.n_bootstrap=100",
+                                  f"paths.output_dir={tmp_path / 'analyze'}"], tmp_path)
+    assert analyzed.returncode == 0, analyzed.stderr[-3000:]
+    assert "do not reproduce the matrix" not in analyzed.stdout + analyzed.stderr  # its records were used
+    assert (tmp_path / "analyze" / "kappa_matrix.csv").is_file()
+    compared = satlab_in_process(["task=compare", "logger=none", f"compare.a={tmp_path / 'adaptive'}",
+                                  f"compare.b={tmp_path / 'fixed'}", f"paths.output_dir={tmp_path / 'compare'}"],
+                                 tmp_path)
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    assert (tmp_path / "compare" / "comparison.json").is_file()

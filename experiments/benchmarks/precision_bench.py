@@ -52,8 +52,9 @@ def satlab_map(out: Path, cache: Path, per_class: int, *extra: str) -> dict:
     """One `satlab` map of the digits zoo on Fashion-MNIST into `out` (records in memory: sat.resume=false, so
     the engine's counts are the whole map's); its summary.json."""
     args = ["dataset=torchvision", "dataset.name=FashionMNIST", f"dataset.root={FASHION}",
-            "dataset.train_per_class=300", f"dataset.samples_per_class={per_class}", "model_set=digits_zoo_narrow", "sat.resume=false",
-            "sat.n_bootstrap=0", "sat.print_table=false", "logger=none", "trainer.enable_progress_bar=false",
+            "dataset.train_per_class=300", f"dataset.samples_per_class={per_class}", "model_set=digits_zoo_narrow",
+            "sat.resume=false", "sat.n_bootstrap=0", "sat.print_table=false", "logger=none",
+            "trainer.enable_progress_bar=false",
             f"paths.cache_dir={cache}", f"paths.output_dir={out}", *extra]
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "satlab.cli", *args], cwd=ROOT, capture_output=True, text=True,
@@ -172,10 +173,10 @@ def section_plan(table: dict, rho: float | None, h: float, sample: int) -> None:
         print(f"| {label}, directions' correlation {r}{mark} | {clean * (1 + accuracy * share['attacks']):.2e} | "
               f"{attack * share['attacks']:.2e} | {evaluate * share['evaluations']:.2e} | {total:.2e} | "
               f"{total / rate / 3600:,.0f} |")
-    print("\nThe adaptive plan's clean passes include (an upper bound) a second forward pass of each image attacked after the first "
-          "round (the engine checks the stored correctness on it). The shares are the simulation's (a), whose pairs "
-          "transfer like the paper's 69 models; a map of every classifier has more distant pairs (lower rates need "
-          "more images), so its share may be higher.\n")
+    print("\nThe adaptive plan's clean passes include (an upper bound) a second forward pass of each image attacked "
+          "after the first round (the engine checks the stored correctness on it). The shares are the simulation's "
+          "(a), whose pairs transfer like the paper's 69 models; a map of every classifier has more distant pairs "
+          "(lower rates need more images), so its share may be higher.\n")
 
 
 def sections(skip: set[str], h: float = 0.15, per_class: int = 500, cache: Path = Path("/tmp/satlab-precision-bench"),
@@ -201,7 +202,8 @@ def main() -> None:
                         help="(b)'s cache: the zoo's weights, trained there the first time (about 25 min here)")
     parser.add_argument("--sample", type=int, default=300, help="timm IN-1k weights sampled for (c)'s FLOPs")
     parser.add_argument("--reps", type=int, default=10, help="simulated maps per row of (a)")
-    parser.add_argument("--rho", type=float, help="the directions' correlation (b) measured, for (c) when (b) is skipped")
+    parser.add_argument("--rho", type=float,
+                        help="the directions' correlation (b) measured, for (c) when (b) is skipped")
     args = parser.parse_args()
     print(f"# satlab: maps at a stated precision ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU core(s))\n")
     sections(set(args.skip.split(",")), args.h, args.per_class, args.cache, args.sample, args.reps, args.rho)

@@ -20,6 +20,7 @@ import logging
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -74,23 +75,22 @@ class Row:
             self.seen = np.full(len(self.target_keys), len(self.ids), dtype=np.int64)
         self.seen = np.asarray(self.seen, dtype=np.int64)
 
-    def missing(self, keys: list[str]) -> list[int]:
-        """Positions in `keys` (the current targets) of the targets this row has no column for."""
-        have = set(self.target_keys)
-        return [i for i, k in enumerate(keys) if k not in have]
+    @cached_property
+    def where(self) -> dict[str, int]:
+        """Each target key's column (a row is not changed once made: `grown` and `without` make new rows)."""
+        return {k: i for i, k in enumerate(self.target_keys)}
 
     def own(self, key: str, what: str = "correct") -> np.ndarray | None:
         """The column of target `key` (`correct` or `fooled`), None when the row has none."""
-        return getattr(self, what)[self.target_keys.index(key)] if key in self.target_keys else None
+        return getattr(self, what)[self.where[key]] if key in self.where else None
 
     def reach(self, key: str) -> int:
         """How many images of the order the column of target `key` covers (0 without a column)."""
-        return int(self.seen[self.target_keys.index(key)]) if key in self.target_keys else 0  # type: ignore[index]
+        return int(self.seen[self.where[key]]) if key in self.where else 0  # type: ignore[index]
 
     def columns(self, keys: list[str], what: str = "fooled") -> np.ndarray:
         """`fooled` (or `correct`, `seen`) for the targets `keys` (all known to this row), in that order."""
-        where = {k: i for i, k in enumerate(self.target_keys)}
-        return getattr(self, what)[[where[k] for k in keys]]
+        return getattr(self, what)[[self.where[k] for k in keys]]
 
     def grown(self, new: Row, starts: np.ndarray | None = None) -> Row:
         """This row with the columns of `new` it lacks, and its columns that `new` extends further into the image
@@ -98,7 +98,7 @@ class Row:
         extends a stored column that reaches at least `starts[j]` (the flags of both are kept: each is False past
         its own prefix). Other columns are kept as stored."""
         starts = np.zeros(len(new.target_keys), dtype=np.int64) if starts is None else np.asarray(starts)
-        where = {k: i for i, k in enumerate(self.target_keys)}
+        where = self.where
         keys, correct, fooled, seen = list(self.target_keys), self.correct, self.fooled.copy(), self.seen.copy()
         add = []
         for j, key in enumerate(new.target_keys):
@@ -124,7 +124,7 @@ class Row:
     def state(self, images: bool) -> RowState:
         """What the scheduler needs to know of this row (`satlab.sat.schedule.RowState`)."""
         total = len(self.ids)
-        partial = tuple((k, int(n)) for k, n in zip(self.target_keys, self.seen) if n < total)  # type: ignore[arg-type]
+        partial = {k: int(n) for k, n in zip(self.target_keys, self.seen) if n < total}  # type: ignore[arg-type]
         return RowState(frozenset(self.target_keys), images, True, partial)
 
 

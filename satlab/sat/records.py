@@ -59,7 +59,6 @@ class Records:
                     f"and {s} samples"
                 )
 
-
     def scope(self) -> np.ndarray | None:
         """Which images each pair uses, [N,N,S] bool (within X_AB or not), for a map at a stated precision; None:
         every pair uses every image. What the metric functions take as `scope`."""

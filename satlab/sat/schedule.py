@@ -74,13 +74,13 @@ class Budget:
 class RowState:
     """What a source's cached row holds: the content keys of the targets it has columns for, whether its
     adversarial images are at hand (stored in the cache, or kept by this run), and, in maps at a stated precision,
-    the columns that cover only the first images of the map's order (`partial`: (key, images covered)). The
+    the columns that cover only the first images of the map's order (`partial`: key -> images covered). The
     source's own column covers as many images as its adversarial images do."""
 
     targets: frozenset[str] = frozenset()
     images: bool = False
     exists: bool = False
-    partial: tuple[tuple[str, int], ...] = ()
+    partial: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, targets: Sequence[str], images: bool) -> "RowState":
@@ -88,7 +88,7 @@ class RowState:
 
     def reach(self, key: str) -> float:
         """Images of the order the column of `key` covers: 0 without a column, inf when it covers every image."""
-        return dict(self.partial).get(key, math.inf) if key in self.targets else 0
+        return self.partial.get(key, math.inf) if key in self.targets else 0
 
 
 @dataclass

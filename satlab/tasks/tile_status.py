@@ -24,7 +24,8 @@ from typing import Any, Sequence
 from omegaconf import DictConfig
 
 from satlab.sat.cache import RowStore, image_dtype
-from satlab.sat.precision import parse_precision
+from satlab.sat.engine import pair_done
+from satlab.sat.precision import image_order, image_rank, parse_precision
 from satlab.sat.schedule import Tile
 from satlab.utils import plain, stable_hash, write_json
 
@@ -115,9 +116,6 @@ def tile_states(store: RowStore, keys: dict[str, str], tiles: Sequence[Tile], pr
             (`satlab.sat.engine.Job.open_cells`); such a pair is held when it is done by the stopping rule
             (`satlab.sat.engine.pair_done`). Without it, a (source, target) is held when it saw every image.
     """
-    from satlab.sat.engine import pair_done
-    from satlab.sat.precision import image_order, image_rank
-
     rows = {s: store.read(s) for s in dict.fromkeys(s for t in tiles for s in (*t.sources, *t.targets))}
     total = len(store.ids)
     rank = image_rank(image_order(seed, total))
