@@ -190,10 +190,10 @@ def test_without_stored_images_a_smaller_h_attacks_again_from_the_first_image(se
 def test_analyze_and_compare_take_a_precision_map(setup, zoo_cache, tmp_path, satlab_in_process):
     """task=sat with sat.precision, then task=analyze on it (kappa and CIs from its records, each pair on its own
     images) and task=compare of it against the fixed map of the same models."""
-    common = ["experiment=smoke", "dataset.samples_per_class=null", "attack=pgd_linf", "attack.eps=0.0627451",
+    common = ["experiment=smoke", "dataset.samples_per_class=12", "attack=pgd_linf", "attack.eps=0.0627451",
               "attack.steps=2", "sat.n_bootstrap=100", "sat.print_table=false", "logger=none",
               "trainer.enable_progress_bar=false", f"paths.cache_dir={zoo_cache}"]  # the zoo trained
-    for name, extra in (("adaptive", ["sat.precision=1.0", "sat.first_round=40"]), ("fixed", [])):
+    for name, extra in (("adaptive", ["sat.precision=1.0", "sat.first_round=15"]), ("fixed", [])):
         done = satlab_in_process([*common, *extra, "sat.resume=false", f"paths.output_dir={tmp_path / name}"],
                                  tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
