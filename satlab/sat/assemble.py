@@ -11,9 +11,10 @@ from torch.utils.data import Dataset
 
 from satlab.attacks import Attack
 from satlab.data import labels_and_ids
-from satlab.sat.cache import Row, RowStore, image_dtype
-from satlab.sat.engine import EngineResult, adaptive_records, make_trainer, pair_done, row_context, use_amp
+from satlab.sat.cache import RowStore, image_dtype
+from satlab.sat.engine import EngineResult, make_trainer, row_context, use_amp
 from satlab.sat.precision import image_order, image_rank
+from satlab.sat.stopping import adaptive_records, unfinished
 from satlab.sat.records import Records
 from satlab.sat.schedule import Tile, check_cover, missing_tiles
 from satlab.utils import SatlabError, plain
@@ -48,7 +49,8 @@ def assemble_records(
     rows = {n: store.read(n) for n in names}
     lacking = {s: [t for t in names if r is None or r.reach(keys[t]) < len(ids)] for s, r in rows.items()}
     if precision is not None and all(r is not None for r in rows.values()):
-        lacking = open_pairs(names, keys, rows, ids, seed, precision)  # type: ignore[arg-type]
+        rank = image_rank(image_order(seed, len(ids)))
+        lacking = unfinished(names, keys, rows, rank, precision)  # type: ignore[arg-type]
     lacking = {s: t for s, t in lacking.items() if t}
     if lacking:
         if tiles is not None:
@@ -74,18 +76,3 @@ def assemble_records(
         seen = np.stack([rows[n].columns(order, "seen") for n in names])  # type: ignore[union-attr]
         records = adaptive_records(records, seen, image_order(seed, len(ids)))
     return EngineResult(records, reused=names, context=context)
-
-
-def open_pairs(names: list[str], keys: dict[str, str], rows: dict[str, Row], ids: np.ndarray, seed: int,
-               h: float) -> dict[str, list[str]]:
-    """Per source, the targets of the pairs (A, B), A before B, that a map at precision `h` has not finished
-    (`pair_done`), and the sources without their own column."""
-    rank = image_rank(image_order(seed, len(ids)))
-    lacking: dict[str, list[str]] = {}
-    for i, a in enumerate(names):
-        if rows[a].reach(keys[a]) == 0:
-            lacking.setdefault(a, []).append(a)
-        for b in names[i + 1:]:
-            if not pair_done(rows[a], rows[b], keys[a], keys[b], rank, h)[1]:
-                lacking.setdefault(a, []).append(b)
-    return lacking

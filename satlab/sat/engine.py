@@ -12,8 +12,8 @@ computes one tile of the map (`Tile`) and `satlab.sat.assemble` builds the map f
 small LightningModule under `trainer.predict` (several devices: forked DDP ranks, each taking every k-th batch).
 Rows and images are written atomically under a per-source lock, so an interrupted run resumes where it stopped
 and concurrent runs share the work. A map at a stated precision (`precision`) runs the two phases in rounds over
-a seeded image order, on the pairs whose interval is still too wide (`Job.open_cells`; docs/precision.md). No
-Hydra, no wandb here.
+a seeded image order, on the pairs whose interval is still too wide (`satlab.sat.stopping`; docs/precision.md).
+No Hydra, no wandb here.
 
     >>> result = compute_records(ModelSet.from_models(names, models), data, attack, cache_dir="cache")
     >>> result.records.fooled.shape        # [N, N, S]: source, target, sample
@@ -43,9 +43,10 @@ from satlab.models import ModelSet
 from satlab.sat.cache import Row, RowStore, image_dtype
 from satlab.sat.phases import (AdversarialBatches, Batches, CleanPass, EngineProgress, Phase, RankShare, SourcePass,
                                TargetPass, engine_time, say_engine_time)
-from satlab.sat.precision import half_width, image_order, image_rank, pair_counts, rounds
+from satlab.sat.precision import image_order, image_rank, rounds
 from satlab.sat.records import Records
 from satlab.sat.schedule import Budget, Plan, Tile, plan_tile, target_blocks, whole_map
+from satlab.sat.stopping import adaptive_records, open_cells
 from satlab.utils import SatlabError, plain
 
 log = logging.getLogger(__name__)
@@ -353,53 +354,6 @@ class Job:
         records = Records(names, self.ids, self.labels, correct, fooled)
         return adaptive_records(records, seen, self.order) if adaptive or (seen < len(self.ids)).any() else records
 
-    # ---- maps at a stated precision
-
-    def open_cells(self, tile: Tile, upto: int, h: float) -> dict[str, list[str]]:
-        """This round's work of a map at a stated precision: per source, the targets whose pair must see the
-        images of the order up to `upto` because its interval is still wider than `h` (both directions of a pair:
-        the tile holds the pairs (A, B) of its cells with A before B in the model set, and every model's own
-        column). A pair that has seen `upto` images already waits for a later round; one whose interval is narrow
-        enough, or that has seen every image, is done."""
-        index = self.index
-        pairs = sorted(((s, t) for s, t in tile.pairs() if index[s] < index[t]),
-                       key=lambda p: (index[p[0]], index[p[1]]))
-        rows = {n: self.store.read(n) for n in {*tile.sources, *tile.targets}}
-        cells: dict[str, list[str]] = {}
-        for a, b in pairs:
-            seen, done = pair_done(rows[a], rows[b], self.keys[a], self.keys[b], self.rank, h)
-            if seen >= upto or done:
-                continue
-            cells.setdefault(a, []).append(b)
-            cells.setdefault(b, []).append(a)
-        for s in tile.sources:
-            if s in tile.targets and rows[s] is None:
-                cells.setdefault(s, []).append(s)  # a model without pairs here still gets its own column
-        return cells
-
-
-def pair_done(ra: Row | None, rb: Row | None, ka: str, kb: str, rank: np.ndarray, h: float) -> tuple[int, bool]:
-    """A pair of a map at a stated precision, from its two rows (None: no row yet): the images of the order both
-    its directions cover, and whether it is done (its interval on those is within +-h, or they are every image)."""
-    seen = min(ra.reach(kb) if ra is not None else 0, rb.reach(ka) if rb is not None else 0)
-    if seen == 0:
-        return 0, False
-    both = ra.own(ka) & rb.own(kb) & (rank < seen)  # type: ignore[union-attr, operator]
-    counts = pair_counts(both, ra.own(kb, "fooled"), rb.own(ka, "fooled"))  # type: ignore[union-attr, arg-type]
-    width = half_width(*counts)
-    return seen, bool(width <= h) or seen >= len(rank)
-
-
-def adaptive_records(records: Records, seen: np.ndarray, order: np.ndarray) -> Records:
-    """The records of a map at a stated precision from the full-size arrays of its rows and the images each
-    (source, target) column covers, `seen` [N,N]: a pair uses the images both its directions cover (the diagonal:
-    the source's attacked images), and `fooled` is False past them."""
-    used = np.minimum(seen, seen.T)
-    np.fill_diagonal(used, np.diagonal(seen))
-    inside = image_rank(order)[None, None, :] < used[:, :, None]
-    return Records(records.models, records.sample_ids, records.labels, records.correct, records.fooled & inside, order,
-                   used)
-
 
 def compute_records(
     models: ModelSet,
@@ -462,7 +416,8 @@ def compute_records(
         for upto in [len(ids)] if precision is None else rounds(len(ids), first_round):
             cells = None
             if precision is not None:
-                cells = job.open_cells(work, upto, precision)
+                rows = {n: store.read(n) for n in {*work.sources, *work.targets}}
+                cells = open_cells(work, rows, job.keys, job.rank, upto, precision)
                 pairs = sum(t != s for s, targets in cells.items() for t in targets) // 2
                 log.info("round of %d image(s): %d pair(s) wider than +-%g take more images", upto, pairs, precision)
                 if not cells:

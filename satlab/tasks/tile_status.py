@@ -24,9 +24,9 @@ from typing import Any, Sequence
 from omegaconf import DictConfig
 
 from satlab.sat.cache import RowStore, image_dtype
-from satlab.sat.engine import pair_done
 from satlab.sat.precision import image_order, image_rank, parse_precision
 from satlab.sat.schedule import Tile
+from satlab.sat.stopping import pair_done
 from satlab.utils import plain, stable_hash, write_json
 
 RECORDS = "tiles"  # the folder of the job records in the cache
@@ -113,8 +113,8 @@ def tile_states(store: RowStore, keys: dict[str, str], tiles: Sequence[Tile], pr
         tiles: the map's tiles (`sat.tiles`).
         precision, seed: a map at a stated precision (`sat.precision`, its run seed): a tile computes both
             directions of its pairs (A, B) with A before B in the model set, and its models' own columns
-            (`satlab.sat.engine.Job.open_cells`); such a pair is held when it is done by the stopping rule
-            (`satlab.sat.engine.pair_done`). Without it, a (source, target) is held when it saw every image.
+            (`satlab.sat.stopping.open_cells`); such a pair is held when it is done by the stopping rule
+            (`satlab.sat.stopping.pair_done`). Without it, a (source, target) is held when it saw every image.
     """
     rows = {s: store.read(s) for s in dict.fromkeys(s for t in tiles for s in (*t.sources, *t.targets))}
     total = len(store.ids)
