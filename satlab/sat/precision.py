@@ -1,6 +1,6 @@
 """SAT at a stated precision: the interval a pair's SAT gets from the images seen so far, and the rounds in which
 images are taken, for maps whose pairs stop when their interval is narrow enough (`sat.precision`; the engine's
-rounds are in `satlab.sat.engine`). Pure NumPy.
+rounds are in `satlab.sat.engine`, the stopping rule on the cache's rows in `satlab.sat.stopping`). Pure NumPy.
 
 A pair (A, B) seen on n images of X_AB has, per image i, c_i in {0, 1, 2} fooled directions (B fooled by x_A, A by
 x_B). SAT = ln(100 p) with p = sum(c) / 2n. The two directions of one image are not independent trials (an image
