@@ -12,11 +12,12 @@ from torch.utils.data import Dataset
 from satlab.attacks import Attack
 from satlab.data import labels_and_ids
 from satlab.sat.cache import RowStore, image_dtype
-from satlab.sat.engine import EngineResult, make_trainer, row_context, use_amp
+from satlab.sat.engine import EngineResult
 from satlab.sat.precision import image_order, image_rank
-from satlab.sat.stopping import adaptive_records, unfinished
 from satlab.sat.records import Records
+from satlab.sat.runtime import make_trainer, row_context, use_amp
 from satlab.sat.schedule import Tile, check_cover, missing_tiles
+from satlab.sat.stopping import adaptive_records, unfinished
 from satlab.utils import SatlabError, plain
 
 

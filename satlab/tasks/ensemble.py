@@ -28,8 +28,9 @@ from satlab.ensemble.stats import correlation_table
 from satlab.ensemble.teams import check_teams, team_table
 from satlab.models.specs import model_specs
 from satlab.sat import metric
-from satlab.sat.engine import compute_records, records_context
+from satlab.sat.engine import compute_records
 from satlab.sat.records import read_matrix, write_matrix
+from satlab.sat.runtime import records_context
 from satlab.tasks.common import (build, command_line, decode_eval, eval_data, open_models, output_dir, trainer_config,
                                  write_summary)
 from satlab.tasks.runs import find_map, read_summary, run_dirs

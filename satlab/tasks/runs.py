@@ -42,7 +42,7 @@ def newest_file(name: str, tasks: Iterable[str]) -> Path | None:
 def find_map(keys: Mapping[str, str], context: Mapping[str, Any], exclude: Path | None = None,
              tasks: Iterable[str] = ("sat", "ensemble")) -> Path | None:
     """The `sat_matrix.csv` of the newest run that holds every model of `keys` (name -> content key) with these
-    weights and was computed in `context` (`satlab.sat.engine.records_context`); None when no run matches."""
+    weights and was computed in `context` (`satlab.sat.runtime.records_context`); None when no run matches."""
     wanted = json.loads(json.dumps(dict(context), default=str))  # as it reads back from a summary
     maps = [run / "sat_matrix.csv" for run in run_dirs(*tasks) if (run / "sat_matrix.csv").is_file()]
     for path in sorted(maps, key=lambda p: (p.stat().st_mtime, str(p)), reverse=True):  # the newest map first

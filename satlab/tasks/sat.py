@@ -21,9 +21,10 @@ from satlab.analysis.structure import Structure, structure
 from satlab.models import COMPONENTS, ModelSet, model_specs
 from satlab.sat import metric
 from satlab.sat.assemble import assemble_records
-from satlab.sat.engine import check_budget, compute_records
+from satlab.sat.engine import compute_records
 from satlab.sat.precision import check_reachable, lowest_rate, parse_precision
 from satlab.sat.records import Records, save_records, write_matrix
+from satlab.sat.runtime import check_budget
 from satlab.sat.schedule import Tile, job_tile, parse_budget, tile_list
 from satlab.tasks import tile_status
 from satlab.tasks.common import (build, decode_eval, eval_data, open_models, output_dir, short_classes,

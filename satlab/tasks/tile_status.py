@@ -5,7 +5,7 @@ where each tile's job ran and logged.
 Every tile job records where it runs when it starts: `<cache>/tiles/<map key>/<tile>.json` holds its run
 folder, the command line's overrides and, in a SLURM job (submitit), its job id and log files
 (`satlab.tasks.cluster.job_place`). The map key is the map's models (content keys), what else determines their
-rows (`satlab.sat.engine.records_context`) and `sat.tiles`, so maps that share a cache keep apart. A tile is
+rows (`satlab.sat.runtime.records_context`) and `sat.tiles`, so maps that share a cache keep apart. A tile is
 done when every source's row holds every target of the tile; the rows are read with `satlab.sat.cache.RowStore`
 as the jobs write them (atomically, so a cancelled job leaves whole rows or none).
 
@@ -200,7 +200,7 @@ def tiles_context(cfg: DictConfig, names: Sequence[str], keys: Sequence[str], at
     Args:
         cfg: the run's config; names, keys: the models and their content keys; attack, data: as the run has them.
     """
-    from satlab.sat.engine import records_context
+    from satlab.sat.runtime import records_context
     from satlab.tasks.common import trainer_config
 
     context = records_context(attack, data, int(cfg.seed), trainer_config(cfg))
